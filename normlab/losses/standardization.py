@@ -1,0 +1,154 @@
+"""The standardization loss as two lines added to any model.
+
+Collins, Ballé & Shlens, "Accelerating Training of Deep Neural Networks with a Standardization
+Loss", 2019, arXiv:1903.00925.
+
+:class:`StandardizationLoss` hooks the outputs (pre-activations) of chosen layers; calling it
+returns ``weight * sum_layers standardization_loss(output)`` for the latest training forward.
+Nothing is computed in eval mode or under ``torch.no_grad()``, so inference costs exactly what
+the bare model costs; ``remove()`` (or leaving the ``with`` block) detaches every hook.
+
+Example:
+    >>> model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+    >>> std = StandardizationLoss(model, weight=1.0)       # hooks the first Linear only
+    >>> loss = task_loss(model(x), y) + std()
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Iterable, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..functional.standardization import DEFAULT_EPS, standardization_loss
+
+__all__ = ["StandardizationLoss", "select_layers", "WEIGHT_LAYERS"]
+
+WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+LayerSpec = Union[str, type, Sequence[Union[str, type]], None]
+
+
+def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[tuple[str, nn.Module]]:
+    """The ``(name, module)`` pairs a standardization loss hooks.
+
+    Args:
+        model: any module.
+        layers: ``None`` for every Conv1d/2d/3d and Linear except the last one registered
+            (the logit layer); otherwise a module type, a name glob (``"features.*"``) or a
+            sequence of them, each of which must match at least one module.
+
+    Raises:
+        ValueError: a pattern or type that matches nothing, or a model without weight layers.
+    """
+    named = [(n, m) for n, m in model.named_modules() if n or not list(model.children())]
+    if layers is None:
+        chosen = [(n, m) for n, m in named if isinstance(m, WEIGHT_LAYERS)]
+        if not chosen:
+            raise ValueError(
+                f"{type(model).__name__} has no Conv1d/2d/3d or Linear layer to attach the "
+                f"standardization loss to; pass layers= to choose modules"
+            )
+        return chosen[:-1]
+    specs: Iterable = [layers] if isinstance(layers, (str, type)) else layers
+    chosen: dict[str, nn.Module] = {}
+    for spec in specs:
+        if isinstance(spec, type):
+            hits = [(n, m) for n, m in named if isinstance(m, spec)]
+        elif isinstance(spec, str):
+            hits = [(n, m) for n, m in named if fnmatch.fnmatchcase(n, spec)]
+        else:
+            raise TypeError(f"layers entries must be module types or name globs, got {spec!r}")
+        if not hits:
+            some = ", ".join(n for n, _ in named[:12])
+            raise ValueError(
+                f"layers pattern {spec!r} matches no module of {type(model).__name__} "
+                f"(module names include: {some})"
+            )
+        chosen.update(hits)
+    return [(n, m) for n, m in named if n in chosen]
+
+
+class StandardizationLoss:
+    """Weighted standardization loss of chosen layers' outputs, through removable hooks.
+
+    Args:
+        model: the network (any ``nn.Module``).
+        weight: multiplies the summed per-layer losses (the paper's 1.0 for small networks,
+            down to 1e-6 for wide ones).
+        layers: which modules to hook; see :func:`select_layers`.
+        eps: inside the log; see :func:`normlab.functional.standardization_loss`.
+        channel_dim: the channel dimension of hooked outputs. ``None`` (default) picks 1 for
+            convolutions and -1 for Linear (whose features are last, as in ``(N, T, C)``).
+
+    A layer called several times in one forward (shared weights) contributes once per call.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        weight: float = 1.0,
+        layers: LayerSpec = None,
+        eps: float = DEFAULT_EPS,
+        channel_dim: int | None = None,
+    ) -> None:
+        if weight < 0:
+            raise ValueError(f"weight must be >= 0, got {weight}")
+        self.weight = float(weight)
+        self.eps = eps
+        self.channel_dim = channel_dim
+        self.layers = select_layers(model, layers)
+        self._latest: dict[str, Tensor] = {}
+        self._handles = [model.register_forward_pre_hook(self._start_forward)]
+        for name, module in self.layers:
+            self._handles.append(module.register_forward_hook(self._make_hook(name)))
+
+    def _start_forward(self, module: nn.Module, args) -> None:
+        if module.training and torch.is_grad_enabled():
+            self._latest = {}
+
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, args, output: Tensor) -> None:
+            if not (module.training and torch.is_grad_enabled()):
+                return
+            cd = self.channel_dim
+            if cd is None:
+                cd = -1 if isinstance(module, nn.Linear) else 1
+            value = standardization_loss(output, channel_dim=cd, eps=self.eps)
+            prev = self._latest.get(name)
+            self._latest[name] = value if prev is None else prev + value
+
+        return hook
+
+    def __call__(self) -> Tensor:
+        """``weight * sum`` of the per-layer losses of the latest training forward (0 if none)."""
+        if not self._latest:
+            return torch.zeros(())
+        return self.weight * torch.stack(list(self._latest.values())).sum()
+
+    def values(self) -> dict[str, float]:
+        """Unweighted per-layer losses of the latest training forward."""
+        return {n: float(v.detach()) for n, v in self._latest.items()}
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def remove(self) -> None:
+        """Detach every hook and drop the stored values. Safe to call twice."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._latest = {}
+
+    def __enter__(self) -> "StandardizationLoss":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        names = [n for n, _ in self.layers]
+        return f"StandardizationLoss(weight={self.weight}, layers={names})"

@@ -1,0 +1,93 @@
+"""The three methods of the standardization-loss paper's Figure 1: none, batch_norm, std_loss.
+
+- ``none``: the bare network.
+- ``batch_norm``: Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network Training by
+  Reducing Internal Covariate Shift", 2015, arXiv:1502.03167. Inserted before each
+  nonlinearity. The standardization-loss paper's MNIST BN learns a shift but no scale
+  (arXiv:1903.00925, appendix A.1), which is ``batch_norm``; ``batch_norm_affine`` learns both.
+- ``std_loss``: Collins, Ballé & Shlens 2019, arXiv:1903.00925 — no layer; an auxiliary loss.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..layers.batch_norm import batch_norm
+from ..losses.standardization import StandardizationLoss
+from . import METHODS
+from .base import Method
+
+
+@METHODS.register("none")
+class NoNorm(Method):
+    """No normalization: the baseline every speed-up is measured against."""
+
+    name = "none"
+    kind = "none"
+    paper = "-"
+    inference = "none"
+
+
+@METHODS.register("batch_norm")
+class BatchNormMethod(Method):
+    """Batch Normalization before each nonlinearity.
+
+    Args:
+        scale: learn a per-channel scale (gamma). Off by default, as in the paper's MNIST nets.
+        momentum, eps: as in ``torch.nn.BatchNorm2d``.
+    """
+
+    name = "batch_norm"
+    kind = "layer"
+    paper = "Ioffe & Szegedy 2015, arXiv:1502.03167"
+    batch_dependent = True
+    inference = "folded into the weights"
+    conv_bias = False
+
+    def __init__(self, scale: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        self.scale = scale
+        self.momentum = momentum
+        self.eps = eps
+
+    def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
+        return batch_norm(num_features, spatial_dims, scale=self.scale, eps=self.eps,
+                          momentum=self.momentum)
+
+    def options(self) -> dict[str, object]:
+        return {"scale": self.scale, "momentum": self.momentum, "eps": self.eps}
+
+
+@METHODS.register("batch_norm_affine")
+class AffineBatchNormMethod(BatchNormMethod):
+    """Batch Normalization with both scale and shift (the usual torch default)."""
+
+    name = "batch_norm_affine"
+
+    def __init__(self, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__(scale=True, momentum=momentum, eps=eps)
+
+
+@METHODS.register("std_loss")
+class StandardizationLossMethod(Method):
+    """The standardization loss on every weight layer's output except the logits.
+
+    Args:
+        weight: the loss weight (the paper uses 1.0 for its small MNIST networks).
+        eps: inside the log of the per-channel KL divergence.
+    """
+
+    name = "std_loss"
+    kind = "loss"
+    paper = "Collins, Ballé & Shlens 2019, arXiv:1903.00925"
+    batch_dependent = False
+    inference = "none (loss dropped)"
+
+    def __init__(self, weight: float = 1.0, eps: float = 1e-5) -> None:
+        self.weight = weight
+        self.eps = eps
+
+    def auxiliary_loss(self, model: nn.Module) -> StandardizationLoss:
+        return StandardizationLoss(model, weight=self.weight, eps=self.eps)
+
+    def options(self) -> dict[str, object]:
+        return {"weight": self.weight, "eps": self.eps}
