@@ -1,5 +1,26 @@
 """Pure tensor functions, one family per file; the public ones are re-exported here."""
 
+from .batch_norms import (
+    batch_renorm,
+    dispersion_normalize,
+    gaussian_range,
+    gaussian_topk_abs_mean,
+    l1_batch_norm,
+    l1_moments,
+    linf_batch_norm,
+    linf_moments,
+    range_batch_norm,
+    range_moments,
+    renorm_limits,
+)
+from .frn import filter_response_norm, tlu
+from .proxy_norm import gaussian_grid, proxy_moments, proxy_norm
 from .standardization import DEFAULT_EPS, channel_moments, reduction_dims, standardization_loss
 
-__all__ = ["DEFAULT_EPS", "channel_moments", "reduction_dims", "standardization_loss"]
+__all__ = [
+    "DEFAULT_EPS", "channel_moments", "reduction_dims", "standardization_loss",
+    "l1_batch_norm", "linf_batch_norm", "range_batch_norm", "batch_renorm",
+    "l1_moments", "linf_moments", "range_moments", "dispersion_normalize", "renorm_limits",
+    "gaussian_topk_abs_mean", "gaussian_range",
+    "filter_response_norm", "tlu", "gaussian_grid", "proxy_moments", "proxy_norm",
+]

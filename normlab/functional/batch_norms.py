@@ -1,0 +1,338 @@
+"""Batch norms whose dispersion is not the standard deviation, and Batch Renormalization.
+
+- L1 and L-infinity (top-k) batch norm: Hoffer, Banner, Golan & Soudry, "Norm matters:
+  efficient and accurate normalization schemes in deep networks", 2018, arXiv:1803.01814.
+- Range batch norm: Banner, Hubara, Hoffer & Soudry, "Scalable methods for 8-bit training of
+  neural networks", 2018, arXiv:1805.11046.
+- Batch Renormalization: Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence
+  in Batch-Normalized Models", 2017, arXiv:1702.03275.
+
+Each dispersion batch norm computes, per channel ``c`` over the ``n`` elements of every other
+dimension, the mean ``mu_c`` and a dispersion ``s_c`` scaled to estimate the standard
+deviation of Gaussian data, then ``y = (x - mu_c) / (s_c + eps) * gamma_c + beta_c``:
+
+- L1: ``s = sqrt(pi / 2) * mean |x - mu|`` (``E|X - mu| = sigma * sqrt(2 / pi)`` for a Gaussian).
+- L-inf: ``s = mean of the k largest |x - mu|`` divided by ``E_k(n)``, the expected mean of the
+  ``k`` largest of ``n`` absolute standard normals.
+- Range: ``s = (max - min) of x`` divided by ``R(n)``, the expected range of ``n`` standard
+  normals.
+
+The constants (``correction="exact"``, the default) are the exact Gaussian expectations,
+computed once per ``(n, k)`` by quadrature over the order-statistic densities (float64,
+cached), so outputs have unit variance on Gaussian data at any ``n``. The papers' asymptotic
+constants (``correction="paper"``) do not: the range paper's ``C(n) = 1 / sqrt(2 ln n)`` times
+the range estimates ``2 sigma`` (``E[range] ~ 2 sigma sqrt(2 ln n)``), so the output variance
+is about 1/4 (and about 1/3 at ``n = 16384`` where the asymptote is 10% high); the L-inf
+constant ``0.5 (1 + sqrt(pi ln 4)) / sqrt(2 ln n)`` gives a top-10 dispersion of 1.28 sigma at
+``n = 16384`` (output variance 0.6) and 0.61 sigma at ``n = 10``. A learned scale absorbs a
+constant factor but not one that drifts with ``n``, and the running dispersion used at
+inference would not estimate sigma; hence the exact default.
+
+``eps`` is added to the dispersion (not to a variance under a square root): a constant channel
+gives ``(x - mu) / eps = 0`` instead of a division by zero. Gradients flow through ``mu`` and
+``s`` (autograd of the mean, abs, top-k, max and min), as in the papers.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .standardization import _check_floating, reduction_dims
+
+__all__ = [
+    "CORRECTIONS", "gaussian_topk_abs_mean", "gaussian_range",
+    "l1_moments", "linf_moments", "range_moments", "dispersion_normalize",
+    "l1_batch_norm", "linf_batch_norm", "range_batch_norm",
+    "renorm_limits", "batch_renorm",
+]
+
+CORRECTIONS = ("exact", "paper")
+
+# Quadrature grid step 2.5e-3 on [0, 12]: wide enough for n up to ~1e30, fine enough for the
+# order statistics' density near sqrt(2 ln n), whose width is ~1 / sqrt(2 ln n) (trapezoid
+# error < 1e-5 relative). numpy with math.erfc, not torch: a few thousand points, and torch's
+# intra-op threads made these tiny calls take ~10 ms each on a busy machine.
+_GRID_MAX, _GRID_POINTS = 12.0, 4801
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz
+
+
+@functools.lru_cache(maxsize=1)
+def _half_grid() -> tuple[np.ndarray, np.ndarray]:
+    """``x`` in ``(0, 12]`` and the standard normal upper tail ``P(Z > x)`` there."""
+    x = np.linspace(0.0, _GRID_MAX, _GRID_POINTS)[1:]
+    tail = 0.5 * np.array([math.erfc(v / math.sqrt(2.0)) for v in x])
+    return x, tail
+
+
+def _integrate_from_zero(x: np.ndarray, y: np.ndarray) -> float:
+    """Trapezoid integral of ``y(x)`` on ``[0, x[-1]]`` for integrands vanishing at 0."""
+    return float(_trapezoid(np.concatenate([[0.0], y], axis=-1),
+                            np.concatenate([[0.0], x])))
+
+
+@functools.lru_cache(maxsize=256)
+def gaussian_topk_abs_mean(n: int, k: int) -> float:
+    """``E[mean of the k largest of |Z_1|..|Z_n|]`` for iid standard normal ``Z``.
+
+    Averages the means of the top ``k`` order statistics of the half-normal distribution
+    (CDF ``G = erf(x / sqrt 2)``, density ``g = 2 phi``); the ``j``-th largest (``j = 0..k-1``)
+    has density ``n! / ((n-j-1)! j!) G^(n-j-1) (1-G)^j g``, integrated by the trapezoid rule
+    in log space. ``k = 1`` is ``E max |Z|``; ``k = n`` is ``E|Z| = sqrt(2 / pi)``.
+    """
+    if not 1 <= k <= n:
+        raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
+    x, tail = _half_grid()
+    log_g = np.log1p(-2.0 * tail)
+    log_tail = np.log(2.0 * tail)
+    log_pdf = math.log(2.0) - 0.5 * x * x - 0.5 * math.log(2.0 * math.pi)
+    total = 0.0
+    for j in range(k):
+        log_c = math.lgamma(n + 1) - math.lgamma(n - j) - math.lgamma(j + 1)
+        density = np.exp(log_c + (n - j - 1) * log_g + j * log_tail + log_pdf)
+        total += _integrate_from_zero(x, x * density)
+    return total / k
+
+
+@functools.lru_cache(maxsize=256)
+def gaussian_range(n: int) -> float:
+    """``E[max - min]`` of ``n`` iid standard normals: ``2 * int x n Phi^(n-1) phi dx``."""
+    if n < 2:
+        raise ValueError(f"the range needs n >= 2 values, got n={n}")
+    half, tail = _half_grid()
+    x = np.concatenate([-half[::-1], [0.0], half])
+    cdf = np.concatenate([tail[::-1], [0.5], 1.0 - tail])
+    density = np.exp(math.log(n) + (n - 1) * np.log(cdf) - 0.5 * x * x
+                     - 0.5 * math.log(2.0 * math.pi))
+    return 2.0 * float(_trapezoid(x * density, x))
+
+
+def _validate(x: Tensor, training: bool, what: str) -> tuple[tuple[int, ...], int]:
+    _check_floating(x)
+    _, dims = reduction_dims(x, 1)
+    n = x.numel() // max(x.shape[1], 1)
+    if x.numel() == 0:
+        raise ValueError(f"{what} got an empty tensor of shape {tuple(x.shape)}")
+    if training and n < 2:
+        raise ValueError(
+            f"{what} needs more than 1 value per channel when training, got input of shape "
+            f"{tuple(x.shape)}; use a batch size above 1 for fully connected layers")
+    return dims, n
+
+
+def _check_correction(correction: str) -> None:
+    if correction not in CORRECTIONS:
+        raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+
+
+def _channel_rows(dev: Tensor) -> Tensor:
+    """``(C, M)`` view of an ``(N, C, *)`` tensor (a copy unless N == 1 or no spatial dims)."""
+    return dev.transpose(0, 1).reshape(dev.shape[1], -1)
+
+
+def l1_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and L1 dispersion ``sqrt(pi/2) * mean |x - mu|``, each ``(C,)``."""
+    dims, _ = _validate(x, True, "l1_moments")
+    mean = x.mean(dim=dims, keepdim=True)
+    disp = (x - mean).abs().mean(dim=dims) * math.sqrt(math.pi / 2.0)
+    return mean.reshape(-1), disp
+
+
+def linf_moments(x: Tensor, k: int = 10, correction: str = "exact") -> tuple[Tensor, Tensor]:
+    """Per-channel mean and top-k dispersion, each ``(C,)``.
+
+    Args:
+        x: ``(N, C, *)``.
+        k: how many of the largest ``|x - mu|`` per channel are averaged; capped at ``n``, the
+            elements per channel (``k = n`` is the L1 dispersion, ``k = 1`` the L-inf norm).
+        correction: ``"exact"`` divides by :func:`gaussian_topk_abs_mean` ``(n, k)``;
+            ``"paper"`` multiplies by ``0.5 (1 + sqrt(pi ln 4)) / sqrt(2 ln n)``.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    _check_correction(correction)
+    dims, n = _validate(x, True, "linf_moments")
+    k = min(k, n)
+    mean = x.mean(dim=dims, keepdim=True)
+    rows = _channel_rows((x - mean).abs())
+    top = rows.topk(k, dim=1, sorted=False).values.mean(dim=1)
+    if correction == "exact":
+        disp = top / gaussian_topk_abs_mean(n, k)
+    else:
+        disp = top * (0.5 * (1.0 + math.sqrt(math.pi * math.log(4.0))) / math.sqrt(2.0 * math.log(n)))
+    return mean.reshape(-1), disp
+
+
+def range_moments(x: Tensor, correction: str = "exact") -> tuple[Tensor, Tensor]:
+    """Per-channel mean and range dispersion ``(max - min) / R(n)``, each ``(C,)``.
+
+    ``correction="exact"`` uses ``R(n)`` = :func:`gaussian_range` ``(n)``; ``"paper"`` uses the
+    paper's ``C(n) = 1 / sqrt(2 ln n)`` (dispersion ``range * C(n)``, about ``2 sigma``).
+    """
+    _check_correction(correction)
+    dims, n = _validate(x, True, "range_moments")
+    mean = x.mean(dim=dims)
+    # The range of x equals the range of x - mu: no need to centre first.
+    spread = x.amax(dim=dims) - x.amin(dim=dims)
+    if correction == "exact":
+        disp = spread / gaussian_range(n)
+    else:
+        disp = spread / math.sqrt(2.0 * math.log(n))
+    return mean, disp
+
+
+def _per_channel(v: Tensor, x: Tensor) -> Tensor:
+    return v.view([1, -1] + [1] * (x.dim() - 2))
+
+
+def dispersion_normalize(x: Tensor, mean: Tensor, disp: Tensor, weight: Tensor | None = None,
+                         bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """``(x - mean) / (disp + eps) * weight + bias`` per channel, as one multiply-add over x."""
+    scale = 1.0 / (disp + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return torch.addcmul(_per_channel(shift, x), x, _per_channel(scale, x))
+
+
+def _dispersion_batch_norm(x, moments, running_mean, running_disp, weight, bias, training,
+                           momentum, eps, what):
+    _check_floating(x)
+    if x.dim() < 2:
+        raise ValueError(f"{what} expects (N, C, *) input, got shape {tuple(x.shape)}")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if not training:
+        if running_mean is None or running_disp is None:
+            raise ValueError(f"{what} with training=False needs running_mean and running_disp")
+        return dispersion_normalize(x, running_mean, running_disp, weight, bias, eps)
+    mean, disp = moments(x)
+    if running_mean is not None and running_disp is not None:
+        with torch.no_grad():
+            running_mean.lerp_(mean.detach().to(running_mean.dtype), momentum)
+            running_disp.lerp_(disp.detach().to(running_disp.dtype), momentum)
+    return dispersion_normalize(x, mean, disp, weight, bias, eps)
+
+
+_NORM_DOC = """
+
+    Args:
+        x: ``(N, C, *)``.
+        running_mean, running_disp: ``(C,)`` buffers; updated in place when ``training``
+            (``running = (1 - momentum) * running + momentum * batch``, as torch's BN), used
+            instead of the batch statistics when not.
+        weight, bias: ``(C,)`` affine scale and shift, or ``None``.
+        training: batch statistics (True) or running statistics (False).
+        momentum: running-statistics update rate.
+        eps: added to the dispersion.
+
+    Returns:
+        A tensor shaped like ``x``.
+    """
+
+
+def l1_batch_norm(x: Tensor, running_mean: Tensor | None = None,
+                  running_disp: Tensor | None = None, weight: Tensor | None = None,
+                  bias: Tensor | None = None, training: bool = True, momentum: float = 0.1,
+                  eps: float = 1e-5) -> Tensor:
+    return _dispersion_batch_norm(x, l1_moments, running_mean, running_disp, weight, bias,
+                                  training, momentum, eps, "l1_batch_norm")
+
+
+def linf_batch_norm(x: Tensor, running_mean: Tensor | None = None,
+                    running_disp: Tensor | None = None, weight: Tensor | None = None,
+                    bias: Tensor | None = None, training: bool = True, momentum: float = 0.1,
+                    eps: float = 1e-5, k: int = 10, correction: str = "exact") -> Tensor:
+    moments = functools.partial(linf_moments, k=k, correction=correction)
+    return _dispersion_batch_norm(x, moments, running_mean, running_disp, weight, bias,
+                                  training, momentum, eps, "linf_batch_norm")
+
+
+def range_batch_norm(x: Tensor, running_mean: Tensor | None = None,
+                     running_disp: Tensor | None = None, weight: Tensor | None = None,
+                     bias: Tensor | None = None, training: bool = True, momentum: float = 0.1,
+                     eps: float = 1e-5, correction: str = "exact") -> Tensor:
+    moments = functools.partial(range_moments, correction=correction)
+    return _dispersion_batch_norm(x, moments, running_mean, running_disp, weight, bias,
+                                  training, momentum, eps, "range_batch_norm")
+
+
+l1_batch_norm.__doc__ = "L1 batch norm: dispersion ``sqrt(pi/2) mean|x - mu|``." + _NORM_DOC
+linf_batch_norm.__doc__ = ("Top-k (L-inf) batch norm, see :func:`linf_moments` for ``k`` and "
+                           "``correction``." + _NORM_DOC)
+range_batch_norm.__doc__ = ("Range batch norm, see :func:`range_moments` for "
+                            "``correction``." + _NORM_DOC)
+
+
+def renorm_limits(step: int, rmax: float, dmax: float, start: int, rmax_steps: int,
+                  dmax_steps: int) -> tuple[float, float]:
+    """Batch Renorm's ``(r_max, d_max)`` at training step ``step``: linear warm-up.
+
+    ``r_max`` is 1 and ``d_max`` 0 (plain BN) until ``start``; then they grow linearly to
+    ``rmax`` over ``rmax_steps`` steps and to ``dmax`` over ``dmax_steps`` steps. A zero
+    number of steps jumps at ``start``; ``start = 0`` with zero steps gives fixed limits.
+    """
+    def ramp(steps: int) -> float:
+        if step < start:
+            return 0.0
+        return 1.0 if steps <= 0 else min(1.0, (step - start) / steps)
+
+    return 1.0 + (rmax - 1.0) * ramp(rmax_steps), dmax * ramp(dmax_steps)
+
+
+def batch_renorm(x: Tensor, running_mean: Tensor, running_var: Tensor,
+                 weight: Tensor | None = None, bias: Tensor | None = None,
+                 training: bool = True, momentum: float = 0.1, eps: float = 1e-5,
+                 rmax: float = 3.0, dmax: float = 5.0) -> Tensor:
+    """Batch Renormalization (Ioffe 2017, Algorithm 1).
+
+    Training: ``y = ((x - mu_B) / sigma_B * r + d) * weight + bias`` with
+    ``sigma_B = sqrt(var_B + eps)``, ``sigma = sqrt(running_var + eps)``,
+    ``r = clip(sigma_B / sigma, 1/rmax, rmax)`` and ``d = clip((mu_B - mu) / sigma, -dmax,
+    dmax)``, both treated as constants (no gradient). The running statistics are then updated
+    as torch's BN does (``running_var`` with the unbiased batch variance), so that with
+    ``rmax = 1, dmax = 0`` the layer is exactly ``torch.nn.BatchNorm`` in train mode.
+    Evaluation: ``(x - running_mean) / sigma * weight + bias``.
+
+    Args:
+        x: ``(N, C, *)``.
+        running_mean, running_var: ``(C,)`` buffers (required: r and d need them).
+        rmax, dmax: the clipping limits at this step (see :func:`renorm_limits`).
+
+    Returns:
+        A tensor shaped like ``x``.
+    """
+    _check_floating(x)
+    if x.dim() < 2:
+        raise ValueError(f"batch_renorm expects (N, C, *) input, got shape {tuple(x.shape)}")
+    if rmax < 1.0 or dmax < 0.0:
+        raise ValueError(f"need rmax >= 1 and dmax >= 0, got rmax={rmax}, dmax={dmax}")
+    if not training:
+        return dispersion_normalize(x, running_mean, torch.sqrt(running_var + eps), weight,
+                                    bias, 0.0)
+    dims, n = _validate(x, True, "batch_renorm")
+    mean = x.mean(dim=dims, keepdim=True)
+    dev = x - mean
+    var = (dev * dev).mean(dim=dims)
+    mean = mean.reshape(-1)
+    std = torch.sqrt(var + eps)
+    with torch.no_grad():
+        run_std = torch.sqrt(running_var + eps)
+        r = (std / run_std).clamp(1.0 / rmax, rmax)
+        d = ((mean - running_mean) / run_std).clamp(-dmax, dmax)
+        running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+        running_var.lerp_((var * (n / (n - 1))).to(running_var.dtype), momentum)
+    # y = (x - mu) * (r / sigma_B) + d, then the affine map: one multiply-add over x.
+    scale = r / std
+    shift = d - mean * scale
+    if weight is not None:
+        scale, shift = scale * weight, shift * weight
+    if bias is not None:
+        shift = shift + bias
+    return torch.addcmul(_per_channel(shift, x), x, _per_channel(scale, x))

@@ -1,0 +1,1 @@
+"""One module per ``normlab`` subcommand; each defines ``register(subparsers)``."""

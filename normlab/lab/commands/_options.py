@@ -1,0 +1,78 @@
+"""Arguments shared by the training commands, generated from :class:`TrainConfig`."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+from pathlib import Path
+
+from ...methods import Method, create_method, method_accepts
+from ..config import TrainConfig
+from ..data import Dataset, load_dataset
+
+__all__ = ["add_config_args", "config_from_args", "methods_from_args", "dataset_from_args"]
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per TrainConfig field (same name, dashes for underscores), so the CLI
+    and the config cannot drift; plus data, seeds, method options and output."""
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(getattr(defaults, f.name)),
+                       default=getattr(defaults, f.name),
+                       help=f"{f.metadata.get('help', '')} (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (default: %(default)s)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds are first..first+n-1")
+    p.add_argument("--weight", type=float, default=None,
+                   help="auxiliary-loss weight (std_loss; shortcut for --option weight=W)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="method constructor option, given to every chosen method that takes it")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder with the dataset files")
+    p.add_argument("--no-download", action="store_true", help="never download data")
+    p.add_argument("--out", type=Path, default=None, help="results folder")
+    p.add_argument("--baseline", default="none", help="method the speed-up is measured against")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+def _parse_options(args: argparse.Namespace) -> dict[str, object]:
+    options: dict[str, object] = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
+        try:
+            options[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value
+    if args.weight is not None:
+        options["weight"] = args.weight
+    return options
+
+
+def methods_from_args(names: list[str], args: argparse.Namespace) -> dict[str, Method]:
+    """Build the named methods, giving each the options it accepts.
+
+    Raises:
+        KeyError: an unknown method (the message lists the known ones).
+        ValueError: an option that none of the chosen methods takes.
+    """
+    if not names:
+        raise ValueError("no method given")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a method is named twice in {names}")
+    options = _parse_options(args)
+    for key in options:
+        if not any(method_accepts(n, key) for n in names):
+            raise ValueError(f"option {key!r} is taken by none of the methods {names}")
+    return {n: create_method(n, **{k: v for k, v in options.items() if method_accepts(n, k)})
+            for n in names}
+
+
+def dataset_from_args(args: argparse.Namespace, seed: int = 0) -> Dataset:
+    return load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download,
+                        seed=seed)

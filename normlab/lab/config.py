@@ -1,0 +1,46 @@
+"""Run configuration: one frozen dataclass; the CLI is generated from its fields."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+__all__ = ["TrainConfig", "OPTIMIZERS"]
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run except the method and the seed.
+
+    Defaults are the standardization-loss paper's small-network setting (arXiv:1903.00925,
+    appendix A): SGD, learning rate 1e-3, batch 128, weight decay 4e-5, 1000 steps.
+    """
+
+    model: str = field(default="cnn", metadata={"help": "network (normlab list models)"})
+    dataset: str = field(default="fashion_mnist", metadata={"help": "dataset name"})
+    steps: int = field(default=1000, metadata={"help": "training steps"})
+    batch_size: int = field(default=128, metadata={"help": "mini-batch size"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate"})
+    optimizer: str = field(default="sgd", metadata={"help": "sgd or adam"})
+    momentum: float = field(default=0.0, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=4e-5, metadata={"help": "L2 weight decay"})
+    eval_every: int = field(default=50, metadata={"help": "evaluate on the test set every K steps"})
+    eval_batch: int = field(default=2000, metadata={"help": "test-set chunk size for evaluation"})
+    threads: int = field(default=0, metadata={"help": "torch threads (0: leave torch's default)"})
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

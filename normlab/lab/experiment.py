@@ -1,0 +1,107 @@
+"""Several methods x several seeds on one configuration, and their summary.
+
+This is what ``normlab run`` and ``normlab compare`` execute: every (method, seed) run from
+:func:`normlab.lab.train.train`, then per method the seed-mean curves, the final accuracy as
+mean +- std, and the paper's speed-up against a baseline method.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..methods import Method
+from .config import TrainConfig
+from .data import Dataset
+from .metrics import mean_curve, mean_std, speedup
+from .train import RunResult, eval_schedule, train
+
+__all__ = ["Experiment", "run_experiment", "summarize", "environment"]
+
+
+@dataclass
+class Experiment:
+    """All runs of one comparison."""
+
+    config: TrainConfig
+    dataset: Dataset
+    methods: dict[str, Method]
+    seeds: list[int]
+    runs: dict[str, list[RunResult]] = field(default_factory=dict)
+
+
+def environment() -> dict[str, str]:
+    """Versions and machine, saved beside every result."""
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "torch_threads": str(torch.get_num_threads()),
+    }
+
+
+def run_experiment(
+    config: TrainConfig,
+    data: Dataset,
+    methods: dict[str, Method],
+    seeds: Sequence[int],
+    progress: bool = True,
+) -> Experiment:
+    """Train every method from every seed (methods inner, so partial results stay balanced)."""
+    from tqdm.auto import tqdm
+
+    exp = Experiment(config, data, dict(methods), list(seeds), {k: [] for k in methods})
+    total = len(methods) * len(exp.seeds) * config.steps
+    with tqdm(total=total, disable=not progress, unit="step", dynamic_ncols=True,
+              desc=f"{config.model}/{data.name}") as bar:
+        for seed in exp.seeds:
+            for label, method in methods.items():
+                bar.set_postfix_str(f"{label} seed {seed}")
+                result, _ = train(config, data, method, seed, on_step=lambda s: bar.update(1))
+                if result.diverged_at is not None:
+                    bar.update(config.steps - result.diverged_at + 1)
+                    bar.write(f"warning: {label} seed {seed} diverged: {result.diverged_reason}")
+                exp.runs[label].append(result)
+    return exp
+
+
+def summarize(exp: Experiment, baseline: str | None = "none") -> list[dict]:
+    """One row per method: final accuracy mean/std, best accuracy, speed-up vs ``baseline``.
+
+    Without the baseline among the methods (or ``baseline=None``) the first method is used.
+    """
+    chance = 1.0 / exp.dataset.num_classes
+    labels = list(exp.runs)
+    base = baseline if baseline in exp.runs else labels[0]
+    steps = eval_schedule(exp.config)
+    curves = {k: mean_curve([r.test_acc for r in runs], fill=chance) for k, runs in exp.runs.items()}
+    rows = []
+    for label, runs in exp.runs.items():
+        finals = [r.test_acc[-1] if r.diverged_at is None else chance for r in runs]
+        acc_mean, acc_std = mean_std(finals)
+        sp = speedup(steps, curves[base], curves[label])
+        method = exp.methods[label]
+        rows.append({
+            "method": label,
+            "kind": method.kind,
+            "options": method.options(),
+            "final_acc_mean": acc_mean,
+            "final_acc_std": acc_std,
+            "best_acc_mean_curve": max(curves[label]),
+            "baseline": base,
+            "target_acc": sp["target"],
+            "steps_to_target": sp["method_steps"],
+            "baseline_steps": sp["baseline_steps"],
+            "speedup": sp["speedup"],
+            "diverged_seeds": [r.seed for r in runs if r.diverged_at is not None],
+            "seconds_per_run": float(np.mean([r.seconds for r in runs])),
+            "seeds": len(runs),
+        })
+    return rows

@@ -1,0 +1,65 @@
+"""PNG plots of an experiment: test accuracy and losses vs step, mean over seeds with a band."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .experiment import Experiment  # noqa: E402
+from .train import eval_schedule  # noqa: E402
+
+__all__ = ["plot_accuracy", "plot_losses"]
+
+
+def _band(ax, x, curves, label, smooth: int = 1) -> None:
+    n = min(len(c) for c in curves)
+    arr = np.asarray([c[:n] for c in curves], dtype=float)
+    if smooth > 1 and n >= smooth:
+        kernel = np.ones(smooth) / smooth
+        arr = np.stack([np.convolve(a, kernel, mode="valid") for a in arr])
+        x = x[smooth - 1:smooth - 1 + arr.shape[1]]
+    x = np.asarray(x[:arr.shape[1]])
+    mean, std = arr.mean(0), arr.std(0)
+    (line,) = ax.plot(x, mean, label=label, lw=1.5)
+    if len(curves) > 1:
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+
+
+def plot_accuracy(exp: Experiment, path: Path) -> Path:
+    """Test accuracy vs step: seed mean, band = +- one std over seeds."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    steps = eval_schedule(exp.config)
+    for label, runs in exp.runs.items():
+        _band(ax, steps, [r.test_acc for r in runs], label)
+    ax.set(xlabel="training step", ylabel="test accuracy",
+           title=f"{exp.config.model} on {exp.dataset.name} ({len(exp.seeds)} seeds, mean ± std)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_losses(exp: Experiment, path: Path) -> Path:
+    """Training cross-entropy (smoothed) and test cross-entropy vs step."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    smooth = max(1, exp.config.steps // 50)
+    for label, runs in exp.runs.items():
+        _band(ax1, np.arange(1, exp.config.steps + 1), [r.train_loss for r in runs], label, smooth)
+        _band(ax2, eval_schedule(exp.config), [r.test_loss for r in runs], label)
+    ax1.set(xlabel="training step", ylabel="train cross-entropy",
+            title=f"training loss (moving mean of {smooth})")
+    ax2.set(xlabel="training step", ylabel="test cross-entropy", title="test loss")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,148 @@
+"""A short trainer: one method, one seed, curves out (in the manner of minGPT's trainer).
+
+The trainer asks the method for its three training hooks (the model was built with the
+fourth, ``block``): an auxiliary loss, an optimizer wrapper, and at the end the deployment
+transform. Data live in memory; batches are index slices, shuffled deterministically from the
+seed, so a run repeats bit for bit on the same machine and thread count.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..methods import Method
+from .config import TrainConfig
+from .data import Batches, Dataset
+from .models import build_model
+
+__all__ = ["RunResult", "train", "evaluate", "eval_schedule", "make_optimizer", "TrainingDiverged"]
+
+
+def eval_schedule(config: TrainConfig) -> list[int]:
+    """The steps at which a run evaluates: 0, every ``eval_every`` steps, and the last step."""
+    steps = list(range(0, config.steps + 1, config.eval_every))
+    return steps if steps[-1] == config.steps else steps + [config.steps]
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss: raised when the caller asks for errors instead of a stopped run."""
+
+
+@dataclass
+class RunResult:
+    """Curves and summary of one training run."""
+
+    method: str
+    seed: int
+    eval_steps: list[int] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    aux_loss: list[float] = field(default_factory=list)
+    diverged_at: int | None = None
+    diverged_reason: str = ""
+    seconds: float = 0.0
+
+    @property
+    def final_acc(self) -> float:
+        return self.test_acc[-1] if self.test_acc else float("nan")
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {
+            "final_acc": self.final_acc}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 2000) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``model`` (eval mode) on ``(x, y)``."""
+    was_training = model.training
+    model.eval()
+    correct, loss = 0, 0.0
+    for i in range(0, len(x), chunk):
+        out = model(x[i:i + chunk])
+        loss += F.cross_entropy(out, y[i:i + chunk], reduction="sum").item()
+        correct += (out.argmax(1) == y[i:i + chunk]).sum().item()
+    model.train(was_training)
+    return correct / len(x), loss / len(x)
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The base optimizer over the trainable parameters (before the method wraps it)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def train(
+    config: TrainConfig,
+    data: Dataset,
+    method: Method,
+    seed: int,
+    on_step: Callable[[int], None] | None = None,
+    raise_on_nan: bool = False,
+) -> tuple[RunResult, nn.Module]:
+    """Train ``config.model`` with ``method`` from ``seed``; evaluate every ``eval_every`` steps.
+
+    A non-finite loss stops the run and is recorded (``diverged_at``, ``diverged_reason``)
+    with the curves up to that step, or raises :class:`TrainingDiverged` if ``raise_on_nan``.
+
+    Returns:
+        The run's curves and the trained model in its deployment form (auxiliary hooks
+        removed, ``method.for_inference`` applied).
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(seed)
+    model = build_model(config.model, method, data.in_shape, data.num_classes)
+    aux = method.auxiliary_loss(model)
+    optimizer = method.wrap_optimizer(make_optimizer(config, model), model)
+    batches = iter(Batches(len(data.x_train), config.batch_size, seed))
+    result = RunResult(method=method.name, seed=seed)
+    schedule = eval_schedule(config)
+
+    def record_eval(step: int) -> None:
+        acc, loss = evaluate(model, data.x_test, data.y_test, config.eval_batch)
+        result.eval_steps.append(step)
+        result.test_acc.append(acc)
+        result.test_loss.append(loss)
+
+    start = time.perf_counter()
+    record_eval(0)
+    model.train()
+    for step in range(1, config.steps + 1):
+        idx = next(batches)
+        logits = model(data.x_train[idx])
+        task = F.cross_entropy(logits, data.y_train[idx])
+        extra = aux() if aux is not None else None
+        loss = task if extra is None else task + extra
+        if not math.isfinite(loss.item()):
+            reason = (f"non-finite loss at step {step}: task {task.item():.4g}"
+                      + ("" if extra is None else f", auxiliary {extra.item():.4g}"))
+            if raise_on_nan:
+                raise TrainingDiverged(f"{method.name} seed {seed}: {reason}")
+            result.diverged_at, result.diverged_reason = step, reason
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        result.train_loss.append(task.item())
+        result.aux_loss.append(0.0 if extra is None else extra.item())
+        if step == schedule[len(result.eval_steps)]:
+            record_eval(step)
+        if on_step is not None:
+            on_step(step)
+    result.seconds = time.perf_counter() - start
+    if aux is not None:
+        aux.remove()
+    if hasattr(optimizer, "remove"):
+        optimizer.remove()
+    return result, method.for_inference(model.eval())

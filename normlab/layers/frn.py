@@ -1,0 +1,102 @@
+"""The Filter Response Normalization layer (FRN followed by its TLU).
+
+Singh & Krishnan, "Filter Response Normalization Layer: Eliminating Batch Dependence in the
+Training of Deep Neural Networks", 2020, arXiv:1911.09737.
+
+The paper's FRN layer is a normalization *and* an activation: the Thresholded Linear Unit
+``max(y, tau)`` replaces the ReLU that would follow (section 3.1), so the ``frn`` method's
+block is this layer alone and the model's own activation is dropped.
+
+Epsilon (section 3.1): ``eps = 1e-6`` by default. For ``(N, C)`` inputs (the paper's "1x1
+activation maps") ``nu2 = x^2`` and ``x / sqrt(x^2 + eps)`` is nearly ``sign(x)`` unless eps
+is of the order of ``x^2``; the paper makes eps learnable there. With
+``learnable_eps=True`` the layer uses ``eps + |eps_learned_c|``: the fixed floor keeps the
+denominator away from 0 and the absolute value keeps it positive whatever sign the optimizer
+gives the parameter. normlab's choices: the learned part is per channel and starts at
+``1e-4``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..functional.frn import filter_response_norm, tlu
+from .base import NormLayer
+from .group_norms import check_channels
+
+__all__ = ["FilterResponseNorm"]
+
+
+class FilterResponseNorm(NormLayer):
+    r"""FRN + TLU: per-sample, per-channel mean-square normalization, affine map, threshold.
+
+    .. math::
+        \nu^2_{n,c} = \tfrac{1}{HW}\textstyle\sum_{h,w} x_{n,c,h,w}^2, \qquad
+        z = \max\Big(\gamma_c \frac{x}{\sqrt{\nu^2_{n,c} + \epsilon}} + \beta_c,\ \tau_c\Big)
+
+    Args:
+        num_features: C.
+        eps: fixed positive epsilon (the paper's 1e-6).
+        learnable_eps: add a learned per-channel ``|eps_learned|`` to ``eps`` (the paper's
+            advice for ``(N, C)`` inputs; the ``frn`` method turns it on there).
+        learned_eps_init: initial value of ``eps_learned``.
+        tlu: end with the TLU ``max(y, tau)``; ``False`` gives FRN alone.
+
+    Shape:
+        ``(N, C, *spatial)`` in and out; zero spatial dims allowed.
+
+    Example:
+        >>> FilterResponseNorm(16)(torch.randn(2, 16, 7, 7)).shape
+        torch.Size([2, 16, 7, 7])
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-6, learnable_eps: bool = False,
+                 learned_eps_init: float = 1e-4, tlu: bool = True,
+                 device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        self.num_features = num_features
+        self.eps = eps
+        self.learnable_eps = learnable_eps
+        self.learned_eps_init = learned_eps_init
+        self.use_tlu = tlu
+        kw = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(num_features, **kw))
+        self.bias = nn.Parameter(torch.empty(num_features, **kw))
+        if tlu:
+            self.tau = nn.Parameter(torch.empty(num_features, **kw))
+        else:
+            self.register_parameter("tau", None)
+        if learnable_eps:
+            self.eps_learned = nn.Parameter(torch.empty(num_features, **kw))
+        else:
+            self.register_parameter("eps_learned", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+        if self.tau is not None:
+            nn.init.zeros_(self.tau)
+        if self.eps_learned is not None:
+            nn.init.constant_(self.eps_learned, self.learned_eps_init)
+
+    def effective_eps(self) -> float | Tensor:
+        """The epsilon in use: ``eps``, or ``eps + |eps_learned|`` (shape ``(C,)``)."""
+        if self.eps_learned is None:
+            return self.eps
+        return self.eps + self.eps_learned.abs()
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_channels(x, self.num_features, "FilterResponseNorm")
+        y = filter_response_norm(x, self.weight, self.bias, self.effective_eps())
+        return tlu(y, self.tau) if self.tau is not None else y
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, learnable_eps={self.learnable_eps}, "
+                f"tlu={self.use_tlu}")
