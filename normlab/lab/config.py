@@ -29,6 +29,7 @@ class TrainConfig:
     eval_every: int = field(default=50, metadata={"help": "evaluate on the test set every K steps"})
     eval_batch: int = field(default=2000, metadata={"help": "test-set chunk size for evaluation"})
     threads: int = field(default=0, metadata={"help": "torch threads (0: leave torch's default)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
 
     def __post_init__(self) -> None:
         if self.steps < 1:

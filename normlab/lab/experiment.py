@@ -81,7 +81,8 @@ def summarize(exp: Experiment, baseline: str | None = "none") -> list[dict]:
     labels = list(exp.runs)
     base = baseline if baseline in exp.runs else labels[0]
     steps = eval_schedule(exp.config)
-    curves = {k: mean_curve([r.test_acc for r in runs], fill=chance) for k, runs in exp.runs.items()}
+    curves = {k: mean_curve([r.test_acc for r in runs], fill=chance, length=len(steps))
+              for k, runs in exp.runs.items()}
     rows = []
     for label, runs in exp.runs.items():
         finals = [r.test_acc[-1] if r.diverged_at is None else chance for r in runs]

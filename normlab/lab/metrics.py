@@ -46,15 +46,17 @@ def speedup(
     return {"target": target, "baseline_steps": base, "method_steps": meth, "speedup": ratio}
 
 
-def mean_curve(curves: Sequence[Sequence[float]], fill: float) -> list[float]:
+def mean_curve(curves: Sequence[Sequence[float]], fill: float, length: int | None = None
+               ) -> list[float]:
     """Pointwise mean of curves evaluated at the same steps.
 
-    A curve cut short (a run that diverged) is padded with ``fill`` — the report passes chance
-    accuracy — so a diverged seed keeps counting, as a failure, at every later point.
+    A curve cut short (a run that diverged) is padded with ``fill`` up to ``length`` (default:
+    the longest curve) — the report passes chance accuracy — so a diverged seed keeps
+    counting, as a failure, at every later point.
     """
     if not curves:
         return []
-    n = max(len(c) for c in curves)
+    n = length if length is not None else max(len(c) for c in curves)
     padded = [list(c) + [fill] * (n - len(c)) for c in curves]
     return np.mean(np.asarray(padded, dtype=float), axis=0).tolist()
 

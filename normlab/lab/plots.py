@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -17,14 +18,19 @@ __all__ = ["plot_accuracy", "plot_losses"]
 
 
 def _band(ax, x, curves, label, smooth: int = 1) -> None:
-    n = min(len(c) for c in curves)
-    arr = np.asarray([c[:n] for c in curves], dtype=float)
+    """Mean line and +- std band; a curve cut short (a diverged run) stops where it stopped."""
+    n = len(x)
+    arr = np.full((len(curves), n), np.nan)
+    for i, c in enumerate(curves):
+        arr[i, :min(n, len(c))] = c[:n]
     if smooth > 1 and n >= smooth:
         kernel = np.ones(smooth) / smooth
         arr = np.stack([np.convolve(a, kernel, mode="valid") for a in arr])
         x = x[smooth - 1:smooth - 1 + arr.shape[1]]
     x = np.asarray(x[:arr.shape[1]])
-    mean, std = arr.mean(0), arr.std(0)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns after a divergence
+        mean, std = np.nanmean(arr, 0), np.nanstd(arr, 0)
     (line,) = ax.plot(x, mean, label=label, lw=1.5)
     if len(curves) > 1:
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)

@@ -105,6 +105,8 @@ def train(
     model = build_model(config.model, method, data.in_shape, data.num_classes)
     aux = method.auxiliary_loss(model)
     optimizer = method.wrap_optimizer(make_optimizer(config, model), model)
+    # Hooks and optimizer wrappers hold the eager modules; the compiled wrapper shares them.
+    forward = torch.compile(model) if config.compile else model
     batches = iter(Batches(len(data.x_train), config.batch_size, seed))
     result = RunResult(method=method.name, seed=seed)
     schedule = eval_schedule(config)
@@ -120,7 +122,7 @@ def train(
     model.train()
     for step in range(1, config.steps + 1):
         idx = next(batches)
-        logits = model(data.x_train[idx])
+        logits = forward(data.x_train[idx])
         task = F.cross_entropy(logits, data.y_train[idx])
         extra = aux() if aux is not None else None
         loss = task if extra is None else task + extra

@@ -19,6 +19,10 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     and the config cannot drift; plus data, seeds, method options and output."""
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
+        if f.type in ("bool", bool):
+            p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action="store_true",
+                           help=f.metadata.get("help", ""))
+            continue
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(getattr(defaults, f.name)),
                        default=getattr(defaults, f.name),
                        help=f"{f.metadata.get('help', '')} (default: %(default)s)")

@@ -1,0 +1,81 @@
+"""The CLI end to end on a tiny synthetic dataset: files written, errors readable."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from normlab.lab.cli import main
+
+FAST = ["--dataset", "synthetic", "--steps", "12", "--eval-every", "4", "--batch-size", "16",
+        "--lr", "0.01", "--no-progress"]
+
+
+def test_compare_writes_results_report_and_plots(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--methods", "none,batch_norm,std_loss", "--seeds", "2", "--out", str(out), *FAST])
+    assert rc == 0
+    for name in ("results.json", "report.md", "accuracy.png", "loss.png"):
+        assert (out / name).stat().st_size > 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["steps"] == 12 and res["seeds"] == [0, 1]
+    assert [r["method"] for r in res["summary"]] == ["none", "batch_norm", "std_loss"]
+    runs = res["runs"]["std_loss"]
+    assert len(runs) == 2 and runs[0]["eval_steps"] == [0, 4, 8, 12]
+    assert len(runs[0]["train_loss"]) == 12 and all(a > 0 for a in runs[0]["aux_loss"])
+    assert all(a == 0 for a in res["runs"]["none"][0]["aux_loss"])
+    assert res["environment"]["torch"] and "synthetic" in res["dataset"]["note"]
+    report = (out / "report.md").read_text()
+    assert "| std_loss |" in report and "synthetic" in report
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "speed-up" in capsys.readouterr().out
+
+
+def test_same_seed_repeats_bit_for_bit(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        assert main(["run", "--method", "std_loss", "--seeds", "1", "--out", str(out), *FAST]) == 0
+    ra = json.loads((a / "results.json").read_text())["runs"]["std_loss"][0]
+    rb = json.loads((b / "results.json").read_text())["runs"]["std_loss"][0]
+    assert ra["train_loss"] == rb["train_loss"] and ra["test_acc"] == rb["test_acc"]
+
+
+def test_diverged_run_is_reported_not_fatal(tmp_path, capsys):
+    out = tmp_path / "div"
+    argv = ["run", "--method", "std_loss", "--seeds", "1", "--out", str(out), *FAST, "--lr", "0.05"]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    run = res["runs"]["std_loss"][0]
+    assert run["diverged_at"] is not None and "non-finite loss" in run["diverged_reason"]
+    assert res["summary"][0]["diverged_seeds"] == [0]
+    assert "1 diverged" in (out / "report.md").read_text()
+    assert "diverged" in capsys.readouterr().out
+
+
+def test_weight_option_reaches_the_loss_method(tmp_path):
+    out = tmp_path / "w"
+    assert main(["run", "--method", "std_loss", "--weight", "0.01", "--seeds", "1", "--out", str(out), *FAST]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["methods"]["std_loss"]["options"]["weight"] == 0.01
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "--method", "batch_nrom"], "unknown method 'batch_nrom'; known methods: "),
+    (["run", "--dataset", "imagenet"], "unknown dataset 'imagenet'; known datasets: "),
+    (["compare", "--methods", "none,none"], "named twice"),
+    (["run", "--method", "none", "--weight", "0.1"], "taken by none of the methods"),
+    (["run", "--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
+])
+def test_bad_input_gives_one_clear_line(argv, message, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path / "x"), "--steps", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_list_and_module_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "normlab", "list"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("std_loss", "batch_norm", "bnp", "frn", "cnn", "mlp_sigmoid", "fashion_mnist"):
+        assert name in proc.stdout

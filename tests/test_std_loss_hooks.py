@@ -1,0 +1,125 @@
+"""StandardizationLoss: which layers it hooks, what it returns, and that it leaves no trace."""
+
+import pytest
+import torch
+from torch import nn
+
+from normlab import StandardizationLoss, standardization_loss
+from normlab.lab.models import build_model
+from normlab.methods import create_method
+
+
+def small_cnn():
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3),
+        nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 5), nn.ReLU(), nn.Linear(5, 3))
+
+
+def count_hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_default_hooks_every_weight_layer_but_the_logits():
+    model = small_cnn()
+    std = StandardizationLoss(model)
+    assert [n for n, _ in std.layers] == ["0", "2", "5"]
+    cnn = build_model("cnn", create_method("none"), (1, 28, 28), 10)
+    assert len(StandardizationLoss(cnn).layers) == 3  # three convs, not the classifier
+
+
+def test_value_is_weighted_sum_of_per_layer_losses():
+    model = small_cnn()
+    x = torch.randn(16, 1, 8, 8)
+    with StandardizationLoss(model, weight=0.25) as std:
+        model(x)
+        with torch.no_grad():  # reference pass; the hooks skip no_grad calls
+            h1 = model[0](x)
+            h2 = model[2](torch.relu(h1))
+            h3 = model[5](torch.relu(h2).flatten(1))
+        expected = sum(standardization_loss(h, channel_dim=cd) for h, cd in ((h1, 1), (h2, 1), (h3, -1)))
+        assert torch.allclose(std(), 0.25 * expected, rtol=1e-6)
+        assert set(std.values()) == {"0", "2", "5"}
+        assert sum(std.values().values()) == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_gradient_flows_into_the_model():
+    model = small_cnn()
+    std = StandardizationLoss(model)
+    model(torch.randn(8, 1, 8, 8))
+    std().backward()
+    assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0
+    assert model[7].weight.grad is None  # the logit layer is not part of the loss
+
+
+def test_layers_by_type_and_glob_and_errors():
+    model = small_cnn()
+    assert [n for n, _ in StandardizationLoss(model, layers=nn.Linear).layers] == ["5", "7"]
+    assert [n for n, _ in StandardizationLoss(model, layers=["0", nn.Linear]).layers] == ["0", "5", "7"]
+    with pytest.raises(ValueError, match="matches no module"):
+        StandardizationLoss(model, layers="features.*")
+    with pytest.raises(ValueError, match="no Conv1d/2d/3d or Linear"):
+        StandardizationLoss(nn.Sequential(nn.ReLU()))
+    with pytest.raises(ValueError, match="weight must be >= 0"):
+        StandardizationLoss(model, weight=-1)
+
+
+def test_remove_and_context_exit_leave_no_hooks():
+    model = small_cnn()
+    before = count_hooks(model)
+    std = StandardizationLoss(model)
+    assert count_hooks(model) == before + 4  # 3 layer hooks + the root's pre-hook
+    std.remove()
+    std.remove()  # idempotent
+    assert count_hooks(model) == before and not std.attached
+    with StandardizationLoss(model):
+        assert count_hooks(model) == before + 4
+    assert count_hooks(model) == before
+
+
+def test_nothing_computed_in_eval_or_no_grad(monkeypatch):
+    import normlab.losses.standardization as mod
+
+    calls = []
+    real = mod.standardization_loss
+    monkeypatch.setattr(mod, "standardization_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = small_cnn()
+    std = StandardizationLoss(model)
+    model.eval()
+    model(torch.randn(4, 1, 8, 8))
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 1, 8, 8))
+    assert calls == [] and std().item() == 0.0
+    model(torch.randn(4, 1, 8, 8))
+    assert len(calls) == 3
+
+
+def test_each_training_forward_replaces_the_previous_values():
+    model = small_cnn()
+    std = StandardizationLoss(model)
+    model(torch.randn(4, 1, 8, 8) * 10)
+    big = std().item()
+    model(torch.randn(4, 1, 8, 8) * 0.1)
+    assert std().item() != big
+
+
+def test_shared_layer_counts_once_per_call():
+    lin = nn.Linear(4, 4)
+    model = nn.Sequential(lin, nn.ReLU(), lin, nn.Linear(4, 2))
+    std = StandardizationLoss(model, layers=["0"])
+    x = torch.randn(32, 4)
+    model(x)
+    with torch.no_grad():
+        h1 = lin(x)
+        h2 = lin(torch.relu(h1))
+    expected = standardization_loss(h1) + standardization_loss(h2)
+    assert torch.allclose(std(), expected, rtol=1e-6)
+
+
+def test_inference_of_trained_model_equals_bare_model():
+    model = small_cnn()
+    x = torch.randn(4, 1, 8, 8)
+    model.eval()
+    bare = model(x)
+    with StandardizationLoss(model):
+        assert torch.equal(model(x), bare)
