@@ -44,7 +44,8 @@ def ref_dispersion(x, kind, k=None, correction="exact"):
                  m * 0.5 * (1 + math.sqrt(math.pi * math.log(4))) / math.sqrt(2 * math.log(n)))
         else:
             rng = max(v) - min(v)
-            d = rng / F.gaussian_range(n) if correction == "exact" else rng / math.sqrt(2 * math.log(n))
+            d = rng / (F.gaussian_range(n) if correction == "exact"
+                       else math.sqrt(2 * math.log(n)))
         means.append(mu)
         disps.append(d)
     return np.array(means), np.array(disps)
@@ -225,8 +226,9 @@ def _renorm_reference(x, run_m, run_v, w, b, rmax, dmax, eps, detach):
 def test_batch_renorm_no_gradient_through_r_d():
     torch.manual_seed(6)
     x = torch.randn(6, 2, 3, 3, dtype=torch.float64) * 1.5 + 0.2
-    run_m, run_v = torch.tensor([0.0, 0.5], dtype=torch.float64), torch.tensor([1.0, 4.0], dtype=torch.float64)
-    w, b = torch.tensor([1.5, 0.7], dtype=torch.float64), torch.tensor([0.1, -0.2], dtype=torch.float64)
+    f64 = {"dtype": torch.float64}
+    run_m, run_v = torch.tensor([0.0, 0.5], **f64), torch.tensor([1.0, 4.0], **f64)
+    w, b = torch.tensor([1.5, 0.7], **f64), torch.tensor([0.1, -0.2], **f64)
     g = torch.randn_like(x)
     layer = BatchRenorm(2, eps=1e-5, rmax=3.0, dmax=5.0, warmup_start=0, rmax_steps=0,
                         dmax_steps=0, dtype=torch.float64)
@@ -382,20 +384,4 @@ def test_method_options_reach_the_layer():
     layer = create_method("batch_renorm", rmax=2.0, warmup_start=0, rmax_steps=0).norm(2, 0)
     assert layer.limits()[0] == 2.0
 
-
-@pytest.mark.parametrize("name", NEW_METHODS)
-def test_fold_batch_norm_folds_every_layer(name):
-    # eval_affine is what normlab.surgery.fold_batch_norm reads: the folded model's output
-    # equals the eval-mode model's, and no norm is left
-    from normlab.lab.models import build_model
-    from normlab.surgery import fold_batch_norm
-
-    torch.manual_seed(9)
-    net = build_model("cnn", create_method(name), (1, 8, 8), 3)
-    for _ in range(2):
-        net(torch.randn(8, 1, 8, 8))
-    net.eval()
-    folded = fold_batch_norm(net).model
-    x = torch.randn(4, 1, 8, 8)
-    torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-5)
-    assert not any(isinstance(m, tuple(ALL_LAYERS)) for m in folded.modules())
+# Folding into the weights (Method.for_inference): tests/test_deployment.py.

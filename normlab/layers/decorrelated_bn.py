@@ -19,7 +19,7 @@ from ..functional.whitening import (
     group_whitening,
     whitening_groups,
 )
-from .base import NormLayer
+from .base import NormLayer, autocast_off, stats_dtype
 
 __all__ = ["DecorrelatedBatchNorm"]
 
@@ -51,7 +51,7 @@ class DecorrelatedBatchNorm(NormLayer):
             its CNNs).
         iterations: Newton-Schulz iterations. The default 10 whitens groups whose
             covariance has condition number up to about 100 to within a few per cent
-            (``tests/test_batch_stats_advanced.py``); more iterations approach exact ZCA,
+            (``tests/test_decorrelated_bn.py``); more iterations approach exact ZCA,
             fewer leave low-variance directions partly unwhitened (IterNorm uses 5). The
             count also caps the gain on near-degenerate directions at about ``1.5^T``.
 
@@ -129,7 +129,16 @@ class DecorrelatedBatchNorm(NormLayer):
             raise ValueError(
                 f"expected input (N, {self.num_features}, *), got shape {tuple(x.shape)}"
             )
-        xm = channel_matrix(x)
+        # Half-precision inputs (autocast) are whitened in float32 with autocast off: the
+        # covariance and Newton-Schulz products lose too much in bfloat16, and the running
+        # buffers keep their own dtype. The output has the input's dtype, as torch's BN.
+        with autocast_off(x):
+            y = self._whiten(channel_matrix(x).to(stats_dtype(x)), x)
+        return from_channel_matrix(y.to(x.dtype), x)
+
+    def _whiten(self, xm: Tensor, x: Tensor) -> Tensor:
+        """Whitened, affine-mapped ``(C, M)`` channel matrix, in ``xm``'s dtype."""
+        dtype = xm.dtype
         if self.training:
             if xm.shape[1] < 2:
                 raise ValueError(
@@ -141,18 +150,19 @@ class DecorrelatedBatchNorm(NormLayer):
                     f"DecorrelatedBatchNorm: {xm.shape[1]} values per channel for groups of "
                     f"{self.groups[0]} channels; the batch covariance is singular and the "
                     f"running whitening matrix will be unreliable (use larger batches or a "
-                    f"smaller group_size)", RuntimeWarning, stacklevel=2)
+                    f"smaller group_size)", RuntimeWarning, stacklevel=3)
                 self._warned = True
             mean = xm.mean(dim=1)
             xc = xm - mean[:, None]
             whitening = group_whitening(xc, self.groups, self.eps, self.iterations)
             with torch.no_grad():
-                self.running_mean.lerp_(mean.detach(), self.momentum)
+                buffers = self.running_mean.dtype
+                self.running_mean.lerp_(mean.detach().to(buffers), self.momentum)
                 batch_matrix = torch.block_diag(*[w.detach() for w in whitening])
-                self.running_whitening.lerp_(batch_matrix, self.momentum)
+                self.running_whitening.lerp_(batch_matrix.to(buffers), self.momentum)
         else:
-            xc = xm - self.running_mean[:, None]
-            whitening = self._blocks(self.running_whitening)
+            xc = xm - self.running_mean.to(dtype)[:, None]
+            whitening = self._blocks(self.running_whitening.to(dtype))
         parts, start = [], 0
         for w in whitening:
             size = w.shape[0]
@@ -160,8 +170,8 @@ class DecorrelatedBatchNorm(NormLayer):
             start += size
         y = torch.cat(parts, dim=0)
         if self.affine:
-            y = y * self.weight[:, None] + self.bias[:, None]
-        return from_channel_matrix(y, x)
+            y = y * self.weight.to(dtype)[:, None] + self.bias.to(dtype)[:, None]
+        return y
 
     def extra_repr(self) -> str:
         return (

@@ -22,8 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional.frn import filter_response_norm, tlu
-from .base import NormLayer
-from .group_norms import check_channels
+from .base import NormLayer, check_channels
 
 __all__ = ["FilterResponseNorm"]
 
@@ -96,6 +95,19 @@ class FilterResponseNorm(NormLayer):
         check_channels(x, self.num_features, "FilterResponseNorm")
         y = filter_response_norm(x, self.weight, self.bias, self.effective_eps())
         return tlu(y, self.tau) if self.tau is not None else y
+
+    def without_norm(self) -> nn.Module:
+        """``nn.ReLU()`` when the layer ends with its TLU, else ``nn.Identity()``.
+
+        The TLU ``max(y, tau)`` is this layer's nonlinearity (the ``frn`` method drops the
+        model's own activation), and with ``tau = 0``, its initial value, it is
+        ``max(y, 0) = ReLU``: taking the normalization out (:func:`normlab.surgery.remove_norm`)
+        leaves a ReLU. The learned ``tau`` is dropped with the normalization (it thresholds
+        normalized responses, whose scale the bare network does not share). A model built
+        with another activation (``mlp_sigmoid``) had it replaced by the TLU, and the layer
+        does not remember it: the bare network then has ReLU there.
+        """
+        return nn.ReLU() if self.tau is not None else nn.Identity()
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, learnable_eps={self.learnable_eps}, "

@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import NormLayer
+from .base import NormLayer, check_channels
 
-__all__ = ["GroupNorm", "LayerNorm", "InstanceNorm", "default_num_groups", "check_channels"]
+__all__ = ["GroupNorm", "LayerNorm", "InstanceNorm", "default_num_groups"]
 
 MAX_GROUPS = 32
 
@@ -64,23 +64,6 @@ def default_num_groups(num_channels: int, spatial_dims: int = 2) -> int:
         if num_channels % groups == 0 and num_channels // groups >= min_size:
             return groups
     return 1
-
-
-def check_channels(x: Tensor, num_features: int, layer: str) -> None:
-    """Raise a clear error unless ``x`` is a floating ``(N, num_features, *spatial)`` tensor."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{layer} expects a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2:
-        raise ValueError(
-            f"{layer} expects an (N, C, *spatial) input, got shape {tuple(x.shape)}"
-        )
-    if x.shape[1] != num_features:
-        raise ValueError(
-            f"{layer} was built for {num_features} channels (dim 1) but got an input of shape "
-            f"{tuple(x.shape)} with {x.shape[1]} channels"
-        )
-    if not x.is_floating_point():
-        raise TypeError(f"{layer} expects a floating-point input, got dtype {x.dtype}")
 
 
 class _GroupStandardize(NormLayer):

@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import NormLayer
-from .group_norms import check_channels
+from .base import NormLayer, check_channels
 
 __all__ = ["ICLayer"]
 

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional.whitening import channel_matrix, from_channel_matrix
-from .base import NormLayer
+from .base import NormLayer, autocast_off, stats_dtype
 
 __all__ = ["KalmanNorm", "kalman_predict", "kalman_fuse"]
 
@@ -192,7 +192,7 @@ class KalmanNorm(NormLayer):
             nn.init.zeros_(self.transition_bias)
             nn.init.zeros_(self.log_noise_var)
 
-    def _prior(self) -> tuple[Tensor, Tensor] | None:
+    def _prior(self, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
         prev = self.prev
         if prev is None:
             raise RuntimeError("KalmanNorm built with prev_features is not linked; call "
@@ -204,15 +204,25 @@ class KalmanNorm(NormLayer):
                                "statistics were last read: layers of a chain must run in "
                                "order in one forward pass")
         prev._fresh = False
-        return kalman_predict(prev.last_mean, prev.last_var, self.transition,
-                              self.transition_bias, self.log_noise_var.exp())
+        return kalman_predict(prev.last_mean.to(dtype), prev.last_var.to(dtype),
+                              self.transition.to(dtype), self.transition_bias.to(dtype),
+                              self.log_noise_var.to(dtype).exp())
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_features:
             raise ValueError(
                 f"expected input (N, {self.num_features}, *), got shape {tuple(x.shape)}"
             )
-        xm = channel_matrix(x)
+        # Half-precision inputs (autocast) get float32 statistics with autocast off (the
+        # prediction is a matrix product autocast would run in bfloat16); the buffers keep
+        # their dtype and the output has the input's, as with torch's BN.
+        with autocast_off(x):
+            y = self._normalize(channel_matrix(x).to(stats_dtype(x)), x)
+        return from_channel_matrix(y.to(x.dtype), x)
+
+    def _normalize(self, xm: Tensor, x: Tensor) -> Tensor:
+        """Normalized, affine-mapped ``(C, M)`` channel matrix, in ``xm``'s dtype."""
+        dtype = xm.dtype
         if self.training:
             m = xm.shape[1]
             if m < 2:
@@ -221,7 +231,7 @@ class KalmanNorm(NormLayer):
             batch_mean = xm.mean(dim=1)
             dev = xm - batch_mean[:, None]
             batch_var = (dev * dev).mean(dim=1)
-            prior = None if self.prev_features is None else self._prior()
+            prior = None if self.prev_features is None else self._prior(dtype)
             if prior is None:
                 mean, var = batch_mean, batch_var
                 unbiased = batch_var.detach() * (m / (m - 1))
@@ -231,15 +241,16 @@ class KalmanNorm(NormLayer):
                 _, unbiased = kalman_fuse(batch_mean.detach(), batch_var.detach() * (m / (m - 1)),
                                           pred_mean.detach(), pred_var.detach(), self.gain)
             with torch.no_grad():
-                self.running_mean.lerp_(mean.detach(), self.momentum)
-                self.running_var.lerp_(unbiased, self.momentum)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype),
+                                        self.momentum)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
         else:
-            mean, var = self.running_mean, self.running_var
+            mean, var = self.running_mean.to(dtype), self.running_var.to(dtype)
         self.last_mean, self.last_var, self._fresh = mean, var, True
         y = (xm - mean[:, None]) / (var[:, None] + self.eps).sqrt()
         if self.affine:
-            y = y * self.weight[:, None] + self.bias[:, None]
-        return from_channel_matrix(y, x)
+            y = y * self.weight.to(dtype)[:, None] + self.bias.to(dtype)[:, None]
+        return y
 
     def eval_affine(self) -> tuple[Tensor, Tensor]:
         scale = (self.running_var + self.eps).rsqrt()

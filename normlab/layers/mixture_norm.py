@@ -19,8 +19,9 @@ Choices the paper leaves to the implementation (documented and tested here):
 - Per-channel 1-D mixtures (diagonal model), fitted on the detached batch.
 - Deterministic initialisation: centres spread evenly over ``mean +- std`` (``mean + std *
   linspace(-1, 1, K)``), one hard nearest-centre assignment (a k-means step) giving each
-  component's weight, mean and variance, then ``em_iterations`` EM steps. Components are then sorted by mean so that their running
-  averages track the same mode from batch to batch.
+  component's weight, mean and variance, then ``em_iterations`` EM steps. Components are
+  then sorted by mean so that their running averages track the same mode from batch to
+  batch.
 - The final statistics ``lambda_k, mu_k, sigma_k^2`` are one more M-step with the final
   responsibilities held fixed: differentiable in ``x`` exactly as BN's batch statistics are,
   while ``tau`` itself is treated as a constant soft assignment in the backward pass.
@@ -36,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional.whitening import channel_matrix, from_channel_matrix
-from .base import NormLayer
+from .base import NormLayer, autocast_off, stats_dtype
 
 __all__ = ["MixtureNorm", "gmm_fit_1d", "gmm_responsibilities", "mixture_normalize"]
 
@@ -203,7 +204,16 @@ class MixtureNorm(NormLayer):
             raise ValueError(
                 f"expected input (N, {self.num_features}, *), got shape {tuple(x.shape)}"
             )
-        xm = channel_matrix(x)
+        # Half-precision inputs (autocast) are fitted and normalized in float32 with autocast
+        # off (EM in bfloat16 is too coarse); buffers keep their dtype, the output has the
+        # input's, as with torch's BN.
+        with autocast_off(x):
+            y = self._normalize(channel_matrix(x).to(stats_dtype(x)), x)
+        return from_channel_matrix(y.to(x.dtype), x)
+
+    def _normalize(self, xm: Tensor, x: Tensor) -> Tensor:
+        """Mixture-normalized, affine-mapped ``(C, M)`` channel matrix, in ``xm``'s dtype."""
+        dtype = xm.dtype
         if self.training:
             m = xm.shape[1]
             if m < 2:
@@ -218,16 +228,19 @@ class MixtureNorm(NormLayer):
                 n_k = weights.detach() * m
                 bessel = torch.where(n_k > 1, n_k / (n_k - 1).clamp_min(1e-12),
                                      torch.ones_like(n_k))
-                self.running_weights.lerp_(weights.detach(), self.momentum)
-                self.running_means.lerp_(means.detach(), self.momentum)
-                self.running_vars.lerp_(variances.detach() * bessel, self.momentum)
+                buffers = self.running_weights.dtype
+                self.running_weights.lerp_(weights.detach().to(buffers), self.momentum)
+                self.running_means.lerp_(means.detach().to(buffers), self.momentum)
+                self.running_vars.lerp_((variances.detach() * bessel).to(buffers),
+                                        self.momentum)
         else:
-            weights, means, variances = self.running_weights, self.running_means, self.running_vars
+            weights, means, variances = (t.to(dtype) for t in (
+                self.running_weights, self.running_means, self.running_vars))
             tau = gmm_responsibilities(xm, weights, means, variances, self.eps)
         y = mixture_normalize(xm, tau, weights, means, variances, self.eps)
         if self.affine:
-            y = y * self.weight[:, None] + self.bias[:, None]
-        return from_channel_matrix(y, x)
+            y = y * self.weight.to(dtype)[:, None] + self.bias.to(dtype)[:, None]
+        return y
 
     def extra_repr(self) -> str:
         return (

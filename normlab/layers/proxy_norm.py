@@ -25,8 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional.proxy_norm import DEFAULT_NUM_NODES, gaussian_grid, proxy_moments, proxy_norm
-from .base import NormLayer
-from .group_norms import check_channels
+from .base import NormLayer, check_channels
 
 __all__ = ["ProxyNormActivation"]
 
@@ -55,6 +54,9 @@ class ProxyNormActivation(NormLayer):
         >>> ProxyNormActivation(8, nn.ReLU())(torch.randn(2, 8, 5, 5)).shape
         torch.Size([2, 8, 5, 5])
     """
+
+    # It completes the block begun by the GN/LN (without affine map) in front of it.
+    follows_norm = True
 
     def __init__(self, num_features: int, activation: nn.Module, eps: float = 1e-5,
                  num_nodes: int = DEFAULT_NUM_NODES, out_affine: bool = True,
@@ -107,6 +109,14 @@ class ProxyNormActivation(NormLayer):
             view = [1, -1] + [1] * (x.dim() - 2)
             y = y * self.out_weight.view(view) + self.out_bias.view(view)
         return y
+
+    def without_norm(self) -> nn.Module:
+        """The activation ``phi``: what stays when the (proxy) normalization is taken out.
+
+        ``follows_norm`` is ``True``: :func:`normlab.surgery.replace_norm` replaces this layer
+        by ``phi`` alone, since the GN/LN in front of it is replaced by the new normalization.
+        """
+        return self.activation
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, num_nodes={self.num_nodes}, "

@@ -26,6 +26,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..functional.proxy_norm import DEFAULT_NUM_NODES
+from ..layers.base import with_spatial_dims
 from ..layers.frn import FilterResponseNorm
 from ..layers.group_norms import GroupNorm, InstanceNorm, LayerNorm, default_num_groups
 from ..layers.ic_layer import ICLayer
@@ -63,7 +64,7 @@ class GroupNormMethod(Method):
 
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
         groups = self.num_groups or default_num_groups(num_features, spatial_dims)
-        return GroupNorm(num_features, groups, eps=self.eps)
+        return with_spatial_dims(GroupNorm(num_features, groups, eps=self.eps), spatial_dims)
 
     def options(self) -> dict[str, object]:
         return {"num_groups": self.num_groups, "eps": self.eps}
@@ -88,7 +89,7 @@ class LayerNormMethod(Method):
         self.eps = eps
 
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
-        return LayerNorm(num_features, eps=self.eps)
+        return with_spatial_dims(LayerNorm(num_features, eps=self.eps), spatial_dims)
 
     def options(self) -> dict[str, object]:
         return {"eps": self.eps}
@@ -118,9 +119,8 @@ class InstanceNormMethod(Method):
         self.eps = eps
 
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
-        if spatial_dims == 0:
-            return LayerNorm(num_features, eps=self.eps)
-        return InstanceNorm(num_features, eps=self.eps)
+        layer = LayerNorm if spatial_dims == 0 else InstanceNorm
+        return with_spatial_dims(layer(num_features, eps=self.eps), spatial_dims)
 
     def options(self) -> dict[str, object]:
         return {"eps": self.eps}
@@ -152,7 +152,8 @@ class FRNMethod(Method):
 
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
         learn = spatial_dims == 0 if self.learnable_eps is None else self.learnable_eps
-        return FilterResponseNorm(num_features, eps=self.eps, learnable_eps=learn)
+        return with_spatial_dims(
+            FilterResponseNorm(num_features, eps=self.eps, learnable_eps=learn), spatial_dims)
 
     def block(self, num_features: int, spatial_dims: int, activation: nn.Module) -> nn.Module:
         # TLU is FRN's nonlinearity: the model's activation is replaced, not appended.
@@ -193,15 +194,17 @@ class ProxyNormMethod(Method):
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
         """The batch-independent normalization in front of the proxy-normalized activation."""
         if self.base_norm == "layer":
-            return LayerNorm(num_features, eps=self.eps, affine=False)
-        groups = self.num_groups or default_num_groups(num_features, spatial_dims)
-        return GroupNorm(num_features, groups, eps=self.eps, affine=False)
+            layer = LayerNorm(num_features, eps=self.eps, affine=False)
+        else:
+            groups = self.num_groups or default_num_groups(num_features, spatial_dims)
+            layer = GroupNorm(num_features, groups, eps=self.eps, affine=False)
+        return with_spatial_dims(layer, spatial_dims)
 
     def block(self, num_features: int, spatial_dims: int, activation: nn.Module) -> nn.Module:
         return nn.Sequential(
             self.norm(num_features, spatial_dims),
-            ProxyNormActivation(num_features, activation, eps=self.eps,
-                                num_nodes=self.num_nodes),
+            with_spatial_dims(ProxyNormActivation(num_features, activation, eps=self.eps,
+                                                  num_nodes=self.num_nodes), spatial_dims),
         )
 
     def options(self) -> dict[str, object]:
@@ -232,7 +235,8 @@ class ICLayerMethod(Method):
 
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
         """The IC layer itself; :meth:`block` places it after the activation."""
-        return ICLayer(num_features, p=self.p, eps=self.eps, momentum=self.momentum)
+        layer = ICLayer(num_features, p=self.p, eps=self.eps, momentum=self.momentum)
+        return with_spatial_dims(layer, spatial_dims)
 
     def block(self, num_features: int, spatial_dims: int, activation: nn.Module) -> nn.Module:
         return nn.Sequential(activation, self.norm(num_features, spatial_dims))

@@ -38,6 +38,15 @@ class _BatchStatMethod(Method):
         return {"eps": self.eps, "momentum": self.momentum, "scale": self.scale,
                 "spatial_dims": spatial_dims}
 
+    def for_inference(self, model: nn.Module) -> nn.Module:
+        """A folded copy in eval mode: each layer's eval map is per-channel affine (running
+        statistics), folded into the weight layer before it
+        (:func:`normlab.surgery.fold_batch_norm`), so deployment costs what the bare
+        network costs."""
+        from ..surgery.fold import fold_batch_norm  # surgery imports this package
+
+        return fold_batch_norm(model).model
+
     def options(self) -> dict[str, object]:
         return {"scale": self.scale, "momentum": self.momentum, "eps": self.eps}
 

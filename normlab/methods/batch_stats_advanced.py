@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..layers.base import with_spatial_dims
 from ..layers.decorrelated_bn import DecorrelatedBatchNorm
 from ..layers.kalman_norm import KalmanNorm
 from ..layers.mixture_norm import MixtureNorm
@@ -70,7 +71,7 @@ class KalmanNormMethod(Method):
                            prev_features=None if prev is None else prev.num_features)
         layer.link(prev)
         self._last = layer
-        return layer
+        return with_spatial_dims(layer, spatial_dims)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         self.reset_chain()
@@ -83,6 +84,15 @@ class KalmanNormMethod(Method):
                     f"model with build_model, or call reset_chain() between builds"
                 )
         return model
+
+    def for_inference(self, model: nn.Module) -> nn.Module:
+        """A folded copy in eval mode: the eval map of each layer is per-channel affine
+        (running statistics, no fusion), folded into the weight layer before it
+        (:func:`normlab.surgery.fold_batch_norm`), so deployment costs what the bare
+        network costs."""
+        from ..surgery.fold import fold_batch_norm  # surgery imports this package
+
+        return fold_batch_norm(model).model
 
     def options(self) -> dict[str, object]:
         return {"gain": self.gain, "momentum": self.momentum, "eps": self.eps}
@@ -115,8 +125,10 @@ class MixtureNormMethod(Method):
                     em_iterations=em_iterations)  # validates the options now, not at build
 
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
-        return MixtureNorm(num_features, eps=self.eps, momentum=self.momentum,
-                           components=self.components, em_iterations=self.em_iterations)
+        return with_spatial_dims(
+            MixtureNorm(num_features, eps=self.eps, momentum=self.momentum,
+                        components=self.components, em_iterations=self.em_iterations),
+            spatial_dims)
 
     def options(self) -> dict[str, object]:
         return {"components": self.components, "em_iterations": self.em_iterations,
@@ -152,8 +164,10 @@ class DecorrelatedBatchNormMethod(Method):
                               iterations=iterations)  # validates the options now
 
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
-        return DecorrelatedBatchNorm(num_features, eps=self.eps, momentum=self.momentum,
-                                     group_size=self.group_size, iterations=self.iterations)
+        return with_spatial_dims(
+            DecorrelatedBatchNorm(num_features, eps=self.eps, momentum=self.momentum,
+                                  group_size=self.group_size, iterations=self.iterations),
+            spatial_dims)
 
     def options(self) -> dict[str, object]:
         return {"group_size": self.group_size, "iterations": self.iterations,

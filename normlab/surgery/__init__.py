@@ -7,8 +7,10 @@ reaches the same inference cost by folding (Ioffe & Szegedy 2015, arXiv:1502.031
 3.1; Jacob et al. 2018, arXiv:1712.05877, section 3.2).
 
 - :func:`is_norm_layer` — torch's BN/SyncBN/IN/GN/LN/RMSNorm and every normlab ``NormLayer``.
-- :func:`replace_norm` — every norm layer becomes a registered method's ``norm()``.
-- :func:`remove_norm` — every norm layer becomes ``nn.Identity``.
+- :func:`replace_norm` — every norm layer becomes a registered method's ``norm()`` (followed
+  by the nonlinearity the old layer carried, if any: ``NormLayer.without_norm()``).
+- :func:`remove_norm` — every norm layer becomes ``nn.Identity``, or the nonlinearity it
+  carried (FRN+TLU -> ReLU, Proxy Norm -> its activation).
 - :func:`fold_batch_norm` — eval-affine norms folded into the preceding Conv/Linear.
 - :func:`fold_weights` — the folding math, a pure function.
 

@@ -14,6 +14,19 @@ State carry-over rule of :func:`replace_norm`: every entry of the new layer's ``
 whose name and shape match an entry of the old layer's is copied (``weight``/``bias``,
 ``running_mean``/``running_var``, ``num_batches_tracked``, ...); nothing else is. The new
 layer keeps its own ``requires_grad`` flags: the method decides what is learned.
+
+Layers that carry a nonlinearity (FRN with its TLU, Proxy Norm's activation) say what stays
+without their normalization through :meth:`NormLayer.without_norm
+<normlab.layers.base.NormLayer.without_norm>`: :func:`remove_norm` puts that in their place
+(FRN+TLU -> ReLU, Proxy Norm -> its activation) and :func:`replace_norm` puts the new norm
+followed by it, so no nonlinearity is silently deleted.
+
+Only methods whose block is "norm, then the activation" (those that do not override
+:meth:`Method.block <normlab.methods.base.Method.block>`) can be inserted by
+:func:`replace_norm`: a method that changes the activation or the order (``frn`` replaces the
+activation, ``proxy_norm`` puts its own around it, ``ic_layer`` goes after it) needs to see
+the activation, which a norm layer's place in a network does not tell. Such methods raise
+``ValueError``: build the model with the method instead.
 """
 
 from __future__ import annotations
@@ -24,14 +37,19 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from ..methods import MethodSpec, create_method
+from ..layers.base import NormLayer
+from ..methods import Method, MethodSpec, create_method
 from .detect import SpatialDims, is_norm_layer, norm_features, norm_spatial_dims
 
 __all__ = ["Replaced", "replace_norm", "remove_norm", "convert_norm_layers"]
 
 
 class Replaced(NamedTuple):
-    """One replaced layer: its qualified name, old and new class names, carried state keys."""
+    """One replaced layer: its qualified name, old and new class names, carried state keys.
+
+    ``new`` is ``"A+B"`` when the layer became ``nn.Sequential(A, B)`` (a new norm followed by
+    the nonlinearity the old layer carried).
+    """
 
     name: str
     old: str
@@ -94,6 +112,22 @@ def _like(old: nn.Module, new: nn.Module) -> nn.Module:
     return new.train(old.training)
 
 
+def _kept(layer: nn.Module) -> nn.Module:
+    """What stays of a norm layer without its normalization (``nn.Identity`` for torch's)."""
+    return layer.without_norm() if isinstance(layer, NormLayer) else nn.Identity()
+
+
+def _check_insertable(method: Method) -> None:
+    """Raise unless ``method``'s block is its norm followed by the model's activation."""
+    if type(method).block is not Method.block:
+        raise ValueError(
+            f"replace_norm can only insert methods whose block is norm-then-activation; "
+            f"{method.name or type(method).__name__!r} overrides block() (it changes the "
+            f"activation or where the norm goes), which a norm layer's place does not "
+            f"allow: build the model with that method instead"
+        )
+
+
 def replace_norm(
     model: nn.Module,
     method: MethodSpec,
@@ -108,8 +142,11 @@ def replace_norm(
     :mod:`normlab.surgery.detect`). State entries whose names and shapes match are carried
     over (module docstring); the new layer takes the old one's device, dtype and mode. A
     method whose ``norm`` returns ``None`` (``none``, ``std_loss``) gives ``nn.Identity``.
-    Only ``norm`` is used: a method that also changes the activation in ``block`` (FRN's
-    TLU) has that part left out.
+
+    A layer that carries a nonlinearity keeps it: it becomes ``nn.Sequential(new_norm,
+    layer.without_norm())`` (FRN+TLU: the new norm then ReLU). A layer with
+    ``follows_norm`` (Proxy Norm's activation after its GN/LN) becomes
+    ``layer.without_norm()`` alone: the norm before it is replaced too.
 
     Args:
         model: any module.
@@ -128,19 +165,32 @@ def replace_norm(
     Raises:
         TypeError: ``model`` is not a module.
         KeyError: an unknown method name (the message lists the known ones).
-        ValueError: a layer whose channel count or spatial dims cannot be told.
+        ValueError: a layer whose channel count or spatial dims cannot be told, or a method
+            whose block is not norm-then-activation (``frn``, ``proxy_norm``, ``ic_layer``;
+            module docstring).
     """
     _check_module(model)
     built = create_method(method)
+    _check_insertable(built)
     report: list[Replaced] = []
 
     def convert(name: str, layer: nn.Module) -> nn.Module:
+        kept = _kept(layer)
+        if getattr(layer, "follows_norm", False):
+            report.append(Replaced(name, type(layer).__name__, type(kept).__name__, ()))
+            return kept
         new = built.norm(norm_features(name, layer), norm_spatial_dims(name, layer, spatial_dims))
         if new is None:
             new = nn.Identity()
         new = _like(layer, new)
         carried = _carry_state(layer, new)
-        report.append(Replaced(name, type(layer).__name__, type(new).__name__, carried))
+        label = type(new).__name__
+        if not isinstance(kept, nn.Identity):
+            if isinstance(new, nn.Identity):  # e.g. "none": only the nonlinearity stays
+                new, label = kept, type(kept).__name__
+            else:
+                new, label = nn.Sequential(new, kept), f"{label}+{type(kept).__name__}"
+        report.append(Replaced(name, type(layer).__name__, label, carried))
         return new
 
     root = convert_norm_layers(model if inplace else copy.deepcopy(model), convert)
@@ -148,7 +198,9 @@ def replace_norm(
 
 
 def remove_norm(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Every normalization layer becomes ``nn.Identity`` (the bare network).
+    """Every normalization layer becomes ``nn.Identity`` (the bare network), except that a
+    layer carrying a nonlinearity becomes that nonlinearity (``layer.without_norm()``:
+    FRN+TLU -> ``nn.ReLU``, Proxy Norm -> its activation; module docstring).
 
     Args:
         model: any module.
@@ -159,4 +211,4 @@ def remove_norm(model: nn.Module, inplace: bool = False) -> nn.Module:
     """
     _check_module(model)
     return convert_norm_layers(model if inplace else copy.deepcopy(model),
-                               lambda name, layer: nn.Identity())
+                               lambda name, layer: _kept(layer))
