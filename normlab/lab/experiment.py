@@ -3,6 +3,9 @@
 This is what ``normlab run`` and ``normlab compare`` execute: every (method, seed) run from
 :func:`normlab.lab.train.train`, then per method the seed-mean curves, the final accuracy as
 mean +- std, and the paper's speed-up against a baseline method.
+
+In a data-parallel run (``replica``, see :mod:`normlab.distributed`) every rank executes the
+same loop; only rank 0 shows progress, and only its experiment holds the test curves.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..distributed import Replica
 from ..methods import Method
 from .config import TrainConfig
 from .data import Dataset
@@ -33,6 +37,8 @@ class Experiment:
     methods: dict[str, Method]
     seeds: list[int]
     runs: dict[str, list[RunResult]] = field(default_factory=dict)
+    # {} for one process; else world_size, backend, stats (normlab.distributed.runtime)
+    distributed: dict = field(default_factory=dict)
 
 
 def environment() -> dict[str, str]:
@@ -44,7 +50,15 @@ def environment() -> dict[str, str]:
         "platform": platform.platform(),
         "processor": platform.machine(),
         "torch_threads": str(torch.get_num_threads()),
-    }
+    } | _world()
+
+
+def _world() -> dict[str, str]:
+    """The process group a result came from, when there is one."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return {}
+    return {"world_size": str(torch.distributed.get_world_size()),
+            "backend": str(torch.distributed.get_backend())}
 
 
 def run_experiment(
@@ -53,19 +67,25 @@ def run_experiment(
     methods: dict[str, Method],
     seeds: Sequence[int],
     progress: bool = True,
+    replica: Replica | None = None,
 ) -> Experiment:
     """Train every method from every seed (methods inner, so partial results stay balanced)."""
     from tqdm.auto import tqdm
 
     exp = Experiment(config, data, dict(methods), list(seeds), {k: [] for k in methods})
+    main = replica is None or replica.is_main
+    if replica is not None:
+        exp.distributed = {"world_size": replica.world_size, "stats": replica.config.stats,
+                           "backend": replica.config.resolved_backend()}
     total = len(methods) * len(exp.seeds) * config.steps
-    with tqdm(total=total, disable=not progress, unit="step", dynamic_ncols=True,
+    with tqdm(total=total, disable=not (progress and main), unit="step", dynamic_ncols=True,
               desc=f"{config.model}/{data.name}") as bar:
         for seed in exp.seeds:
             for label, method in methods.items():
                 bar.set_postfix_str(f"{label} seed {seed}")
-                result, _ = train(config, data, method, seed, on_step=lambda s: bar.update(1))
-                if result.diverged_at is not None:
+                result, _ = train(config, data, method, seed, on_step=lambda s: bar.update(1),
+                                  replica=replica)
+                if result.diverged_at is not None and main:
                     bar.update(config.steps - result.diverged_at + 1)
                     bar.write(f"warning: {label} seed {seed} diverged: {result.diverged_reason}")
                 exp.runs[label].append(result)

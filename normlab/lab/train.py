@@ -4,6 +4,11 @@ The trainer asks the method for its three training hooks (the model was built wi
 fourth, ``block``): an auxiliary loss, an optimizer wrapper, and at the end the deployment
 transform. Data live in memory; batches are index slices, shuffled deterministically from the
 seed, so a run repeats bit for bit on the same machine and thread count.
+
+Data parallel (``replica`` given, see :mod:`normlab.distributed`): every rank builds the same
+model, trains it wrapped in DistributedDataParallel on its shard of each global batch, and
+logs the mean of the ranks' losses; rank 0 alone evaluates. Without ``replica`` nothing of
+this runs.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..distributed import Replica
 from ..methods import Method
 from .config import TrainConfig
 from .data import Batches, Dataset
@@ -89,11 +95,13 @@ def train(
     seed: int,
     on_step: Callable[[int], None] | None = None,
     raise_on_nan: bool = False,
+    replica: Replica | None = None,
 ) -> tuple[RunResult, nn.Module]:
     """Train ``config.model`` with ``method`` from ``seed``; evaluate every ``eval_every`` steps.
 
     A non-finite loss stops the run and is recorded (``diverged_at``, ``diverged_reason``)
     with the curves up to that step, or raises :class:`TrainingDiverged` if ``raise_on_nan``.
+    With ``replica`` (one rank of a data-parallel run) only rank 0's result has test curves.
 
     Returns:
         The run's curves and the trained model in its deployment form (auxiliary hooks
@@ -103,13 +111,18 @@ def train(
         torch.set_num_threads(config.threads)
     torch.manual_seed(seed)
     model = build_model(config.model, method, data.in_shape, data.num_classes)
+    if replica is not None:
+        model = replica.prepare(model, method.batch_dependent)
     aux = method.auxiliary_loss(model)
     optimizer = method.wrap_optimizer(make_optimizer(config, model), model)
-    # Hooks and optimizer wrappers hold the eager modules; the compiled wrapper shares them.
-    forward = torch.compile(model) if config.compile else model
-    batches = iter(Batches(len(data.x_train), config.batch_size, seed))
+    # Hooks and optimizer wrappers hold the eager modules; DDP and compiled wrappers share them.
+    forward = model if replica is None else replica.wrap(model)
+    forward = torch.compile(forward) if config.compile else forward
+    rank, world = (0, 1) if replica is None else (replica.rank, replica.world_size)
+    batches = iter(Batches(len(data.x_train), config.batch_size, seed, rank, world))
     result = RunResult(method=method.name, seed=seed)
-    schedule = eval_schedule(config)
+    evaluates = replica is None or replica.is_main
+    eval_steps = set(eval_schedule(config))
 
     def record_eval(step: int) -> None:
         acc, loss = evaluate(model, data.x_test, data.y_test, config.eval_batch)
@@ -118,7 +131,8 @@ def train(
         result.test_loss.append(loss)
 
     start = time.perf_counter()
-    record_eval(0)
+    if evaluates:
+        record_eval(0)
     model.train()
     for step in range(1, config.steps + 1):
         idx = next(batches)
@@ -126,9 +140,15 @@ def train(
         task = F.cross_entropy(logits, data.y_train[idx])
         extra = aux() if aux is not None else None
         loss = task if extra is None else task + extra
-        if not math.isfinite(loss.item()):
-            reason = (f"non-finite loss at step {step}: task {task.item():.4g}"
-                      + ("" if extra is None else f", auxiliary {extra.item():.4g}"))
+        if replica is None:
+            finite = math.isfinite(loss.item())
+            task_value, extra_value = task.item(), (0.0 if extra is None else extra.item())
+        else:  # every rank decides on the same (mean) numbers, so all stop together
+            task_value, extra_value = replica.mean(task, extra)
+            finite = math.isfinite(task_value + extra_value)
+        if not finite:
+            reason = (f"non-finite loss at step {step}: task {task_value:.4g}"
+                      + ("" if extra is None else f", auxiliary {extra_value:.4g}"))
             if raise_on_nan:
                 raise TrainingDiverged(f"{method.name} seed {seed}: {reason}")
             result.diverged_at, result.diverged_reason = step, reason
@@ -136,9 +156,9 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        result.train_loss.append(task.item())
-        result.aux_loss.append(0.0 if extra is None else extra.item())
-        if step == schedule[len(result.eval_steps)]:
+        result.train_loss.append(task_value)
+        result.aux_loss.append(extra_value)
+        if evaluates and step in eval_steps:
             record_eval(step)
         if on_step is not None:
             on_step(step)
@@ -147,4 +167,6 @@ def train(
         aux.remove()
     if hasattr(optimizer, "remove"):
         optimizer.remove()
+    if replica is not None:
+        model = replica.finish(model)
     return result, method.for_inference(model.eval())

@@ -8,6 +8,13 @@ returns ``weight * sum_layers standardization_loss(output)`` for the latest trai
 Nothing is computed in eval mode or under ``torch.no_grad()``, so inference costs exactly what
 the bare model costs; ``remove()`` (or leaving the ``with`` block) detaches every hook.
 
+Under data parallelism (``torch.distributed``), ``stats="replica"`` (default) takes each
+rank's moments from its own shard, as the paper's per-TPU-core training did; DDP's gradient
+averaging then optimizes the mean of the per-shard losses. ``stats="global"`` all-reduces the
+moments (:func:`normlab.distributed.global_standardization_loss`), so loss and gradient are
+those of the whole global batch. Without an initialized process group both are the
+single-process loss.
+
 Example:
     >>> model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
     >>> std = StandardizationLoss(model, weight=1.0)       # hooks the first Linear only
@@ -22,9 +29,13 @@ from typing import Iterable, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from ..distributed.collectives import is_distributed
+from ..distributed.moments import global_standardization_loss
 from ..functional.standardization import DEFAULT_EPS, standardization_loss
 
-__all__ = ["StandardizationLoss", "select_layers", "WEIGHT_LAYERS"]
+__all__ = ["StandardizationLoss", "select_layers", "WEIGHT_LAYERS", "STATS"]
+
+STATS = ("replica", "global")
 
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -82,6 +93,9 @@ class StandardizationLoss:
         eps: inside the log; see :func:`normlab.functional.standardization_loss`.
         channel_dim: the channel dimension of hooked outputs. ``None`` (default) picks 1 for
             convolutions and -1 for Linear (whose features are last, as in ``(N, T, C)``).
+        stats: ``"replica"`` or ``"global"`` moments under ``torch.distributed`` (module
+            docstring); the same when not distributed.
+        process_group: the ranks whose batches form the global batch (default: the world).
 
     A layer called several times in one forward (shared weights) contributes once per call.
     """
@@ -93,9 +107,15 @@ class StandardizationLoss:
         layers: LayerSpec = None,
         eps: float = DEFAULT_EPS,
         channel_dim: int | None = None,
+        stats: str = "replica",
+        process_group=None,
     ) -> None:
         if weight < 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
+        if stats not in STATS:
+            raise ValueError(f"stats must be one of {STATS}, got {stats!r}")
+        self.stats = stats
+        self.process_group = process_group
         self.weight = float(weight)
         self.eps = eps
         self.channel_dim = channel_dim
@@ -116,7 +136,10 @@ class StandardizationLoss:
             cd = self.channel_dim
             if cd is None:
                 cd = -1 if isinstance(module, nn.Linear) else 1
-            value = standardization_loss(output, channel_dim=cd, eps=self.eps)
+            if self.stats == "global" and is_distributed(self.process_group):
+                value = global_standardization_loss(output, cd, self.eps, self.process_group)
+            else:
+                value = standardization_loss(output, channel_dim=cd, eps=self.eps)
             prev = self._latest.get(name)
             self._latest[name] = value if prev is None else prev + value
 
@@ -151,4 +174,5 @@ class StandardizationLoss:
 
     def __repr__(self) -> str:
         names = [n for n, _ in self.layers]
-        return f"StandardizationLoss(weight={self.weight}, layers={names})"
+        stats = "" if self.stats == "replica" else f", stats={self.stats!r}"
+        return f"StandardizationLoss(weight={self.weight}, layers={names}{stats})"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..layers.batch_norm import batch_norm
-from ..losses.standardization import StandardizationLoss
+from ..losses.standardization import STATS, StandardizationLoss
 from . import METHODS
 from .base import Method
 
@@ -74,6 +74,9 @@ class StandardizationLossMethod(Method):
     Args:
         weight: the loss weight (the paper uses 1.0 for its small MNIST networks).
         eps: inside the log of the per-channel KL divergence.
+        stats: under data parallelism, moments of each rank's shard (``"replica"``, the
+            paper's per-core choice) or of the global batch (``"global"``); see
+            :class:`~normlab.losses.StandardizationLoss`.
     """
 
     name = "std_loss"
@@ -82,12 +85,15 @@ class StandardizationLossMethod(Method):
     batch_dependent = False
     inference = "none (loss dropped)"
 
-    def __init__(self, weight: float = 1.0, eps: float = 1e-5) -> None:
+    def __init__(self, weight: float = 1.0, eps: float = 1e-5, stats: str = "replica") -> None:
+        if stats not in STATS:
+            raise ValueError(f"stats must be one of {STATS}, got {stats!r}")
         self.weight = weight
         self.eps = eps
+        self.stats = stats
 
     def auxiliary_loss(self, model: nn.Module) -> StandardizationLoss:
-        return StandardizationLoss(model, weight=self.weight, eps=self.eps)
+        return StandardizationLoss(model, weight=self.weight, eps=self.eps, stats=self.stats)
 
     def options(self) -> dict[str, object]:
-        return {"weight": self.weight, "eps": self.eps}
+        return {"weight": self.weight, "eps": self.eps, "stats": self.stats}

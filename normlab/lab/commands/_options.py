@@ -7,11 +7,13 @@ import ast
 import dataclasses
 from pathlib import Path
 
+from ...distributed import STATS, DistributedConfig, torchrun_world
 from ...methods import Method, create_method, method_accepts
 from ..config import TrainConfig
 from ..data import Dataset, load_dataset
 
-__all__ = ["add_config_args", "config_from_args", "methods_from_args", "dataset_from_args"]
+__all__ = ["add_config_args", "config_from_args", "methods_from_args", "dataset_from_args",
+           "distributed_from_args"]
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -37,6 +39,19 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="results folder")
     p.add_argument("--baseline", default="none", help="method the speed-up is measured against")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d = p.add_argument_group("data parallel (torch DDP; see README 'Scaling out')")
+    d.add_argument("--nproc", type=int, default=None,
+                   help="processes on this machine, each with batch-size/nproc examples of "
+                        "every batch (default: 1, or torchrun's world size under torchrun)")
+    d.add_argument("--stats", choices=STATS, default="replica",
+                   help="batch statistics of BN layers and std_loss: each rank's shard "
+                        "(replica, the paper's) or the global batch (global: synchronized "
+                        "norms, all-reduced std_loss moments) (default: %(default)s)")
+    d.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto",
+                   help="torch.distributed backend; auto: nccl with CUDA, else gloo")
+    d.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="a rank waiting longer than this for another fails the run "
+                        "(default: %(default)s)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -73,8 +88,33 @@ def methods_from_args(names: list[str], args: argparse.Namespace) -> dict[str, M
     for key in options:
         if not any(method_accepts(n, key) for n in names):
             raise ValueError(f"option {key!r} is taken by none of the methods {names}")
+    # --stats goes to the methods that take it (std_loss); layers are synchronized by the
+    # trainer, so it is no error when none of the methods takes it.
+    stats = getattr(args, "stats", "replica")
+    if stats != "replica":
+        options.setdefault("stats", stats)
     return {n: create_method(n, **{k: v for k, v in options.items() if method_accepts(n, k)})
             for n in names}
+
+
+def distributed_from_args(args: argparse.Namespace, config: TrainConfig) -> DistributedConfig:
+    """The data-parallel setting; checks that ``nproc`` divides the batch size.
+
+    Raises:
+        ValueError: a bad ``--nproc``/``--stats``, or a batch size the ranks cannot share.
+    """
+    world = torchrun_world()
+    nproc = args.nproc if args.nproc is not None else (world or 1)
+    dist = DistributedConfig(nproc=nproc, stats=args.stats, backend=args.backend,
+                             timeout_s=args.dist_timeout)
+    if world is not None and nproc not in (1, world):
+        raise ValueError(f"--nproc {nproc} under torchrun with world size {world}: leave "
+                         "--nproc out when using torchrun")
+    ranks = world or nproc
+    if config.batch_size % ranks:
+        raise ValueError(f"--batch-size {config.batch_size} is not divisible by the {ranks} "
+                         "processes; the global batch is split evenly across them")
+    return dist
 
 
 def dataset_from_args(args: argparse.Namespace, seed: int = 0) -> Dataset:

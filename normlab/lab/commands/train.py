@@ -1,13 +1,21 @@
-"""``normlab run`` (one method) and ``normlab compare`` (several), each over several seeds."""
+"""``normlab run`` (one method) and ``normlab compare`` (several), each over several seeds.
+
+With ``--nproc N`` (or under ``torchrun``) every seed trains data parallel on N processes
+(:mod:`normlab.distributed`); rank 0 alone prints and writes the results folder.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 
+from ...distributed import RankFailedError, Replica, launch
 from ..experiment import run_experiment
 from ..report import format_table, write_report
-from ._options import add_config_args, config_from_args, dataset_from_args, methods_from_args
+from ._options import (add_config_args, config_from_args, dataset_from_args,
+                       distributed_from_args, methods_from_args)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,21 +30,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     cmp.set_defaults(func=main_compare)
 
 
-def _execute(args: argparse.Namespace, names: list[str], kind: str) -> int:
+def _train_and_report(replica: Replica | None, args: argparse.Namespace, names: list[str],
+                      kind: str, command: str) -> int:
+    """One process's share of a run; the whole run when ``replica`` is None."""
+    main = replica is None or replica.is_main
     config = config_from_args(args)
     methods = methods_from_args(names, args)
+    if replica is not None and not main:
+        replica.barrier()  # rank 0 loads (and may download) the data first
     data = dataset_from_args(args)
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if replica is not None and main:
+        replica.barrier()
+    if replica is not None and replica.device.type != "cpu":
+        data = data.to(replica.device)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     out = args.out or Path("results") / kind / f"{config.model}-{data.name}"
-    if data.note:
+    if data.note and main:
         print(f"note: {data.note}")
-    exp = run_experiment(config, data, methods, seeds, progress=not args.no_progress)
-    payload = write_report(exp, out, baseline=args.baseline)
-    print(format_table(payload["summary"]))
-    print(f"wrote {out}/report.md, results.json, accuracy.png, loss.png")
+    exp = run_experiment(config, data, methods, seeds, progress=not args.no_progress,
+                         replica=replica)
+    if main:
+        payload = write_report(exp, out, baseline=args.baseline, command=command)
+        print(format_table(payload["summary"]))
+        print(f"wrote {out}/report.md, results.json, accuracy.png, loss.png")
     return 0
+
+
+def _execute(args: argparse.Namespace, names: list[str], kind: str) -> int:
+    # Check every argument here, before any process starts: bad input is one clear line.
+    config = config_from_args(args)
+    methods_from_args(names, args)
+    dist = distributed_from_args(args, config)
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    command = "normlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        return launch(_train_and_report, (args, names, kind, command), dist)
+    except RankFailedError as err:
+        print(f"normlab {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 def main_run(args: argparse.Namespace) -> int:
