@@ -7,7 +7,8 @@ The library (this package minus :mod:`normlab.lab`) has four parts:
 - :mod:`normlab.losses`, :mod:`normlab.layers`, :mod:`normlab.optim` — the loss, layer and
   gradient methods as modules you attach to your own model;
 - :mod:`normlab.methods` — every normalization as a registered method (``normlab list``);
-- :mod:`normlab.surgery` — swap, remove or fold the normalization of any model.
+- :mod:`normlab.surgery` — swap, remove or fold the normalization of any model;
+- :mod:`normlab.distributed` — synchronized norms and global statistics under DDP.
 
 The lab (:mod:`normlab.lab`: data, models, trainer, reports, CLI) builds on it, never the
 other way round.
@@ -19,6 +20,7 @@ Example:
 """
 
 from . import functional
+from .distributed import revert_sync_norm, sync_norm
 from .functional import standardization_loss
 from .losses import StandardizationLoss
 from .methods import METHODS, Method, create_method
@@ -31,6 +33,6 @@ __all__ = [
     "functional", "standardization_loss", "StandardizationLoss",
     "METHODS", "Method", "create_method",
     "AGC", "BNP",
-    "fold_batch_norm", "remove_norm", "replace_norm",
+    "fold_batch_norm", "remove_norm", "replace_norm", "sync_norm", "revert_sync_norm",
     "__version__",
 ]

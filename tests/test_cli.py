@@ -79,3 +79,27 @@ def test_list_and_module_entry_point():
     assert proc.returncode == 0, proc.stderr
     for name in ("std_loss", "batch_norm", "bnp", "frn", "cnn", "mlp_sigmoid", "fashion_mnist"):
         assert name in proc.stdout
+
+
+def test_parallel_jobs_equal_sequential_single_thread_runs(tmp_path):
+    seq, par = tmp_path / "seq", tmp_path / "par"
+    common = ["compare", "--methods", "none,std_loss", "--seeds", "2", "--threads", "1",
+              "--channels-last", *FAST]
+    assert main([*common, "--out", str(seq)]) == 0
+    assert main([*common, "--jobs", "2", "--out", str(par)]) == 0
+    a = json.loads((seq / "results.json").read_text())["runs"]
+    b = json.loads((par / "results.json").read_text())["runs"]
+    for label in ("none", "std_loss"):
+        assert [r["seed"] for r in b[label]] == [0, 1]
+        for ra, rb in zip(a[label], b[label]):
+            assert ra["train_loss"] == rb["train_loss"] and ra["test_acc"] == rb["test_acc"]
+
+
+def test_channels_last_computes_the_same_function(tmp_path):
+    outs = {}
+    for flag in ([], ["--channels-last"]):
+        out = tmp_path / ("cl" if flag else "std")
+        assert main(["run", "--method", "batch_norm", "--seeds", "1", *FAST, *flag, "--out", str(out)]) == 0
+        outs[bool(flag)] = json.loads((out / "results.json").read_text())["runs"]["batch_norm"][0]
+    a, b = outs[False]["train_loss"], outs[True]["train_loss"]
+    assert all(abs(x - y) < 1e-3 * max(1.0, abs(x)) for x, y in zip(a, b))

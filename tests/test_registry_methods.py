@@ -97,3 +97,19 @@ def test_unknown_method_lists_known_names():
 def test_bad_option_names_what_the_method_takes():
     with pytest.raises(TypeError, match="weight"):
         create_method("std_loss", wieght=0.1)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_channels_last_same_function(name):
+    method, net = build(name, "cnn")
+    x, y = batch(n=16)
+    for m in net.modules():  # dropout masks follow memory order; compare without them
+        if hasattr(m, "p") and isinstance(m.p, float):
+            m.p = 0.0
+    ref = copy.deepcopy(net)
+    net = net.to(memory_format=torch.channels_last)
+    out = net(x.contiguous(memory_format=torch.channels_last))
+    expected = ref(x)
+    assert torch.allclose(out, expected, rtol=1e-4, atol=1e-5)
+    out.sum().backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in net.parameters())

@@ -30,6 +30,9 @@ class TrainConfig:
     eval_batch: int = field(default=2000, metadata={"help": "test-set chunk size for evaluation"})
     threads: int = field(default=0, metadata={"help": "torch threads (0: leave torch's default)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    channels_last: bool = field(default=False, metadata={
+        "help": "channels-last memory layout for 4-D activations (same maths; ~1.6x faster "
+                "CPU convolutions for the paper's cnn)"})
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -23,6 +23,7 @@ from ..methods import Method
 from .config import TrainConfig
 from .data import Dataset
 from .metrics import mean_curve, mean_std, speedup
+from .parallel import DatasetSpec, run_parallel
 from .train import RunResult, eval_schedule, train
 
 __all__ = ["Experiment", "run_experiment", "summarize", "environment"]
@@ -68,8 +69,15 @@ def run_experiment(
     seeds: Sequence[int],
     progress: bool = True,
     replica: Replica | None = None,
+    jobs: int = 1,
+    data_spec: DatasetSpec | None = None,
 ) -> Experiment:
-    """Train every method from every seed (methods inner, so partial results stay balanced)."""
+    """Train every method from every seed (methods inner, so partial results stay balanced).
+
+    With ``jobs > 1`` (one process, no ``replica``) the independent runs go to that many
+    single-threaded worker processes (:mod:`normlab.lab.parallel`), which reload the data
+    from ``data_spec``; each run's result equals the same run on one thread here.
+    """
     from tqdm.auto import tqdm
 
     exp = Experiment(config, data, dict(methods), list(seeds), {k: [] for k in methods})
@@ -80,6 +88,18 @@ def run_experiment(
     total = len(methods) * len(exp.seeds) * config.steps
     with tqdm(total=total, disable=not (progress and main), unit="step", dynamic_ncols=True,
               desc=f"{config.model}/{data.name}") as bar:
+        if jobs > 1 and replica is None:
+            if data_spec is None:
+                raise ValueError("jobs > 1 needs data_spec to reload the dataset in workers")
+            todo = [(label, m, seed) for seed in exp.seeds for label, m in methods.items()]
+            bar.set_postfix_str(f"{len(todo)} runs on {jobs} worker processes")
+            for label, result in run_parallel(config, data_spec, todo, jobs, bar.update):
+                if result.diverged_at is not None:
+                    bar.write(f"warning: {label} seed {result.seed} diverged: "
+                              f"{result.diverged_reason}")
+                exp.runs[label].append(result)
+            bar.update(total - bar.n)
+            return exp
         for seed in exp.seeds:
             for label, method in methods.items():
                 bar.set_postfix_str(f"{label} seed {seed}")

@@ -63,6 +63,7 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
         "methods": {k: {"name": m.name, "kind": m.kind, "options": m.options()}
                     for k, m in exp.methods.items()},
         "environment": environment(),
+        "distributed": exp.distributed,
         "summary": rows,
         "runs": {k: [r.to_dict() for r in runs] for k, runs in exp.runs.items()},
     }
@@ -86,6 +87,9 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
         f" (momentum {cfg.momentum}), weight decay {cfg.weight_decay}; {len(exp.seeds)} seeds "
         f"({', '.join(map(str, exp.seeds))}); test set evaluated every {cfg.eval_every} steps.",
         "",
+        *([f"Data parallel: {exp.distributed['world_size']} processes, "
+           f"{exp.distributed['stats']} batch statistics, {exp.distributed['backend']}.", ""]
+          if exp.distributed else []),
         format_table(rows),
         "",
         f"Speed-up (arXiv:1903.00925): steps `{rows[0]['baseline']}` needs to reach its best "

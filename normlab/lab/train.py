@@ -111,6 +111,8 @@ def train(
         torch.set_num_threads(config.threads)
     torch.manual_seed(seed)
     model = build_model(config.model, method, data.in_shape, data.num_classes)
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     if replica is not None:
         model = replica.prepare(model, method.batch_dependent)
     aux = method.auxiliary_loss(model)
@@ -136,7 +138,8 @@ def train(
     model.train()
     for step in range(1, config.steps + 1):
         idx = next(batches)
-        logits = forward(data.x_train[idx])
+        inputs = data.x_train[idx]
+        logits = forward(inputs.contiguous(memory_format=layout) if inputs.dim() == 4 else inputs)
         task = F.cross_entropy(logits, data.y_train[idx])
         extra = aux() if aux is not None else None
         loss = task if extra is None else task + extra

@@ -53,6 +53,12 @@ class BatchNormMethod(Method):
         return batch_norm(num_features, spatial_dims, scale=self.scale, eps=self.eps,
                           momentum=self.momentum)
 
+    def for_inference(self, model: nn.Module) -> nn.Module:
+        """BN folded into the preceding conv/linear: deployment costs what the bare net costs."""
+        from ..surgery.fold import fold_batch_norm  # surgery imports this package
+
+        return fold_batch_norm(model).model
+
     def options(self) -> dict[str, object]:
         return {"scale": self.scale, "momentum": self.momentum, "eps": self.eps}
 

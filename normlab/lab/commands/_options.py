@@ -39,6 +39,9 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="results folder")
     p.add_argument("--baseline", default="none", help="method the speed-up is measured against")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="independent runs in parallel on this many single-threaded worker "
+                        "processes (default: %(default)s)")
     d = p.add_argument_group("data parallel (torch DDP; see README 'Scaling out')")
     d.add_argument("--nproc", type=int, default=None,
                    help="processes on this machine, each with batch-size/nproc examples of "
@@ -115,6 +118,11 @@ def distributed_from_args(args: argparse.Namespace, config: TrainConfig) -> Dist
         raise ValueError(f"--batch-size {config.batch_size} is not divisible by the {ranks} "
                          "processes; the global batch is split evenly across them")
     return dist
+
+
+def dataset_spec(args: argparse.Namespace, seed: int = 0) -> tuple:
+    """What a worker process needs to load the same dataset (see normlab.lab.parallel)."""
+    return (args.dataset, args.data_dir, not args.no_download, seed)
 
 
 def dataset_from_args(args: argparse.Namespace, seed: int = 0) -> Dataset:

@@ -14,7 +14,7 @@ from pathlib import Path
 from ...distributed import RankFailedError, Replica, launch
 from ..experiment import run_experiment
 from ..report import format_table, write_report
-from ._options import (add_config_args, config_from_args, dataset_from_args,
+from ._options import (add_config_args, config_from_args, dataset_from_args, dataset_spec,
                        distributed_from_args, methods_from_args)
 
 
@@ -48,7 +48,7 @@ def _train_and_report(replica: Replica | None, args: argparse.Namespace, names: 
     if data.note and main:
         print(f"note: {data.note}")
     exp = run_experiment(config, data, methods, seeds, progress=not args.no_progress,
-                         replica=replica)
+                         replica=replica, jobs=args.jobs, data_spec=dataset_spec(args))
     if main:
         payload = write_report(exp, out, baseline=args.baseline, command=command)
         print(format_table(payload["summary"]))
@@ -63,6 +63,10 @@ def _execute(args: argparse.Namespace, names: list[str], kind: str) -> int:
     dist = distributed_from_args(args, config)
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.jobs > 1 and dist.nproc > 1:
+        raise ValueError("--jobs runs seeds side by side; --nproc splits each run: choose one")
     command = "normlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         return launch(_train_and_report, (args, names, kind, command), dist)
