@@ -103,3 +103,15 @@ def test_channels_last_computes_the_same_function(tmp_path):
         outs[bool(flag)] = json.loads((out / "results.json").read_text())["runs"]["batch_norm"][0]
     a, b = outs[False]["train_loss"], outs[True]["train_loss"]
     assert all(abs(x - y) < 1e-3 * max(1.0, abs(x)) for x, y in zip(a, b))
+
+
+def test_methods_markdown_table_joins_compare_accuracies(tmp_path, capsys):
+    out = tmp_path / "tbl"
+    assert main(["compare", "--methods", "none,std_loss", "--seeds", "1", "--out", str(out), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["list", "methods", "--markdown", "--results", str(out / "results.json")]) == 0
+    table = capsys.readouterr().out
+    acc = json.loads((out / "results.json").read_text())["summary"][1]["final_acc_mean"]
+    assert f"| `std_loss` | Collins, Ballé & Shlens 2019, arXiv:1903.00925 | loss | no |" in table
+    assert f"{100 * acc:.1f} ± 0.0" in table and "| not run |" in table
+    assert main(["list", "--markdown", "--results", str(tmp_path / "missing.json")]) == 2

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ...distributed import RankFailedError, Replica, launch
+from ...methods import METHODS
 from ..experiment import run_experiment
 from ..report import format_table, write_report
 from ._options import (add_config_args, config_from_args, dataset_from_args, dataset_spec,
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.set_defaults(func=main_run)
     cmp = sub.add_parser("compare", help="several methods side by side on one configuration")
     cmp.add_argument("--methods", default="none,batch_norm,std_loss",
-                     help="comma-separated method names (default: %(default)s)")
+                     help="comma-separated method names, or 'all' (default: %(default)s)")
     add_config_args(cmp)
     cmp.set_defaults(func=main_compare)
 
@@ -80,4 +81,7 @@ def main_run(args: argparse.Namespace) -> int:
 
 
 def main_compare(args: argparse.Namespace) -> int:
-    return _execute(args, [m.strip() for m in args.methods.split(",") if m.strip()], "compare")
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if names == ["all"]:  # the baseline first, then every registered method
+        names = [args.baseline] + [n for n in METHODS.names() if n != args.baseline]
+    return _execute(args, names, "compare")
