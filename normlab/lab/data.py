@@ -388,3 +388,4 @@ class Batches:
     def __repr__(self) -> str:
         return (f"Batches(n={self.n}, batch_size={self.batch_size}, seed={self.seed}, "
                 f"rank={self.rank}, world_size={self.world_size})")
+from . import data_more  # noqa: E402,F401

@@ -78,3 +78,4 @@ def build_model(name: str, method: Method, in_shape: Sequence[int], num_classes:
     """Build model ``name`` for ``method`` and apply the method's weight hook (``prepare``)."""
     model = MODELS.get(name)(method, tuple(in_shape), num_classes)
     return method.prepare(model)
+from . import models_more  # noqa: E402,F401

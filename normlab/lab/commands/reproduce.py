@@ -1,0 +1,54 @@
+"""``normlab reproduce NAME [--quick]``: one command per paper figure (``--list``, ``all``)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from ..reproduce import EXPERIMENTS, get_experiment, reproduce, tune_malloc
+from ..reproduce.report import comparison_table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="reproduce a paper figure and compare with the paper")
+    p.add_argument("name", nargs="?", help="experiment name (see --list) or 'all'")
+    p.add_argument("--list", action="store_true", help="list the experiments")
+    p.add_argument("--quick", action="store_true", help="tiny smoke-test version")
+    p.add_argument("--seeds", type=int, default=None, help="override the number of seeds")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (with 'all': parent of one folder per experiment)")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder with the dataset files")
+    p.add_argument("--no-download", action="store_true", help="never download data")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _list() -> int:
+    for spec in EXPERIMENTS.values():
+        print(f"  {spec.name:<20} {spec.title} [{spec.dataset}; {spec.paper}]")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list or not args.name:
+        return _list()
+    if args.seeds is not None and args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    names = list(EXPERIMENTS) if args.name == "all" else [get_experiment(args.name).name]
+    tune_malloc()
+    command = "normlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    for name in names:
+        out = args.out
+        if out is not None and len(names) > 1:
+            out = out / name
+        payload = reproduce(name, quick=args.quick, out=out, data_dir=args.data_dir,
+                            download=not args.no_download, seeds=args.seeds,
+                            progress=not args.no_progress,
+                            command=command if len(names) == 1 else None)
+        print(f"\n== {name} ({payload['runtime']})")
+        print(comparison_table(payload["paper_vs_normlab"], "see report.md"))
+        folder = out or Path("results") / ("reproduce-quick" if args.quick else "reproduce") / name
+        print(f"wrote {folder}/report.md, results.json and {', '.join(payload['plots'])}")
+    return 0

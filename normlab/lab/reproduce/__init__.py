@@ -1,0 +1,76 @@
+"""``normlab reproduce``: one command per figure of the seed papers, with a paper-vs-normlab
+report.
+
+Collins, Ballé & Shlens, "Accelerating Training of Deep Neural Networks with a Standardization
+Loss", 2019, arXiv:1903.00925; Ioffe & Szegedy, "Batch Normalization", 2015, arXiv:1502.03167.
+
+Each experiment is a declarative :class:`ReproSpec` (``experiments.py``), interpreted by a
+runner (``runners.py``) that trains through the lab's trainer; :func:`reproduce` runs one and
+writes ``results.json``, ``report.md`` and PNG plots.
+
+Example:
+    >>> reproduce("fig3-mlp", quick=True, out="results/quick/fig3-mlp")
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from pathlib import Path
+
+from ..data import DATASETS, Dataset
+from .experiments import EXPERIMENTS, get_experiment
+from .report import write_repro_report
+from .runners import RUNNERS, Outcome
+from .spec import Arm, Claim, Quick, ReproSpec
+
+__all__ = ["EXPERIMENTS", "RUNNERS", "Arm", "Claim", "Outcome", "Quick", "ReproSpec",
+           "get_experiment", "load_spec_data", "reproduce", "tune_malloc"]
+
+
+def tune_malloc() -> bool:
+    """Keep freed activations in the process (glibc ``mallopt``), as the lab's benchmarks do
+    with ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``: without it every step
+    page-faults its buffers back and runs up to 3.5x slower. Returns False where not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)
+                    and libc.mallopt(m_trim_threshold, (1 << 31) - 1))
+    except (OSError, AttributeError):
+        return False
+
+
+def load_spec_data(spec: ReproSpec, data_dir: str | os.PathLike | None = None,
+                   download: bool = True) -> Dataset:
+    """The spec's dataset, with its loader options."""
+    return DATASETS.get(spec.dataset)(data_dir=data_dir, download=download, seed=0,
+                                      **dict(spec.dataset_options))
+
+
+def reproduce(name: str, quick: bool = False, out: str | os.PathLike | None = None,
+              data_dir: str | os.PathLike | None = None, download: bool = True,
+              seeds: int | None = None, progress: bool = True,
+              command: str | None = None) -> dict:
+    """Run experiment ``name`` and write its report folder; returns the results payload.
+
+    Args:
+        name: an experiment of :data:`EXPERIMENTS`.
+        quick: the tiny smoke-test variant (synthetic data, a few steps).
+        out: results folder; default ``results/reproduce[-quick]/NAME``.
+        data_dir, download: where the dataset is looked for; whether it may be downloaded.
+        seeds: override the spec's number of seeds.
+        progress: show progress bars.
+        command: the command line recorded in the report.
+    """
+    spec = get_experiment(name).resolve(quick, seeds)
+    out = Path(out) if out is not None else (
+        Path("results") / ("reproduce-quick" if quick else "reproduce") / name)
+    out.mkdir(parents=True, exist_ok=True)
+    command = command or f"normlab reproduce {name}" + (" --quick" if quick else "")
+    start = time.perf_counter()
+    data = load_spec_data(spec, data_dir, download)
+    outcome = RUNNERS[spec.runner](spec, data, out, progress)
+    seconds = time.perf_counter() - start
+    return write_repro_report(spec, outcome, data, out, seconds, command, quick)

@@ -1,0 +1,88 @@
+"""The reproduction report: results.json and report.md with a "paper vs normlab" table."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..data import Dataset
+from ..experiment import environment
+from ..report import _json_safe
+from .runners import Outcome
+from .spec import ReproSpec
+
+__all__ = ["write_repro_report", "comparison_table"]
+
+
+def comparison_table(rows: list[dict], differences: str) -> str:
+    """Markdown: claim | paper | normlab | differences | holds?"""
+    lines = ["| claim | paper | normlab (mean ± std over seeds) | data and budget differences "
+             "| verdict |", "|---|---|---|---|---|"]
+    for r in rows:
+        cells = [r["claim"], r["paper"], r["ours"], differences, r["verdict"]]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _steps(spec: ReproSpec) -> str:
+    if "examples" in spec.params:  # the batch-size sweep: steps = examples / batch
+        return f"{spec.params['examples']} training examples per batch size"
+    return f"{spec.config.steps} steps"
+
+
+def _differences(spec: ReproSpec, data: Dataset) -> str:
+    cfg = spec.config
+    synthetic = ", SYNTHETIC" if data.source == "synthetic" else ""
+    return (f"paper: {spec.paper_setting}. Here: {data.name} ({len(data.x_train)} train / "
+            f"{len(data.x_test)} test{synthetic}), {cfg.model}, {_steps(spec)}, "
+            f"{spec.seeds} seed(s); see 'Why this budget'")
+
+
+def write_repro_report(spec: ReproSpec, outcome: Outcome, data: Dataset, out: Path,
+                       seconds: float, command: str, quick: bool) -> dict:
+    """Write ``results.json`` and ``report.md`` (the plots are already in ``out``)."""
+    out = Path(out)
+    env = environment()
+    cores = os.cpu_count()
+    runtime = (f"{seconds:.0f} s wall on {cores} CPU cores, {torch.get_num_threads()} torch "
+               "thread(s) (other processes may have shared the CPU)")
+    differences = _differences(spec, data)
+    payload = {
+        "experiment": spec.name, "title": spec.title, "paper": spec.paper,
+        "command": command, "quick": quick, "runtime_s": seconds, "runtime": runtime,
+        "spec": spec.to_dict(),
+        "dataset": {"name": data.name, "source": data.source, "note": data.note,
+                    "train": len(data.x_train), "test": len(data.x_test)},
+        "paper_vs_normlab": outcome.comparisons, "differences": differences,
+        "results": outcome.results, "plots": outcome.plots, "environment": env,
+        "runs": [{k: [r.to_dict() for r in runs] for k, runs in exp.runs.items()}
+                 | {"_config": exp.config.to_dict()} for exp in outcome.experiments],
+    }
+    (out / "results.json").write_text(json.dumps(_json_safe(payload), indent=1, default=str))
+    cfg = spec.config
+    lines = [f"# {spec.name}: {spec.title}", ""]
+    if quick:
+        lines += ["**QUICK smoke-test run: tiny budget, numbers are meaningless.**", ""]
+    lines += [f"Paper: {spec.paper}.", "", f"Command: `{command}`", "",
+              f"Run time: {runtime}.", ""]
+    if data.note:
+        lines += [f"**Data note: {data.note}.**", ""]
+    lines += [
+        f"Budget: model {cfg.model}, {_steps(spec)}, batch {cfg.batch_size}, "
+        f"{cfg.optimizer} lr {cfg.lr} (momentum {cfg.momentum}), weight decay "
+        f"{cfg.weight_decay}; seeds {spec.seeds}; arms: "
+        + ", ".join(f"{a.label} ({a.method}{', ' + str(dict(a.options)) if a.options else ''}"
+                    f"{', model ' + a.model if a.model else ''})" for a in spec.arms)
+        + (f"; parameters {dict(spec.params)}" if spec.params else "") + ".", "",
+        f"Why this budget: {spec.budget_note}", "",
+        "## Paper vs normlab", "", comparison_table(outcome.comparisons, differences), "",
+    ]
+    for section in outcome.sections:
+        lines += [section, ""]
+    lines += [f"![{p}]({p})" for p in outcome.plots]
+    lines += ["", f"Environment: torch {env['torch']}, numpy {env['numpy']}, {env['platform']}."]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return payload
