@@ -20,16 +20,72 @@ at ``eps = 1e-5`` it shifts the loss of a unit-variance channel by ``-0.5 * log(
 about ``5e-6``. A channel with a single element (``M = 1``) has no variance at all; the
 function raises a ``ValueError`` then, as ``torch.nn.BatchNorm`` does, rather than return the
 ``-log(eps)`` it would otherwise compute.
+
+Three implementations give the same values (tests hold each to a float64 reference):
+
+- ``"kernel"``: float32/float64 CPU tensors, eager mode. One read of ``x`` for the statistics
+  and one pass for the gradient, forward and backward in C++
+  (:mod:`normlab.functional._std_loss_kernel`, an extension compiled once per machine).
+- ``"torch"``: any device. Two plain passes (mean, then mean of squared deviations) and an
+  analytic one-pass backward.
+- inside ``torch.compile``: the formula as plain ops, which inductor fuses into its own
+  one-pass reductions; autograd derives the backward.
+
+``set_implementation("auto")`` (the default) uses the kernel where it can be built and the
+torch path elsewhere. Backward of the fused paths is once-differentiable: double backward
+raises instead of returning wrong second derivatives.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-__all__ = ["channel_moments", "standardization_loss", "reduction_dims"]
+from . import _std_loss_kernel
+
+__all__ = [
+    "channel_moments", "standardization_loss", "reduction_dims", "DEFAULT_EPS",
+    "set_implementation", "implementation", "IMPLEMENTATIONS",
+]
 
 DEFAULT_EPS = 1e-5
+IMPLEMENTATIONS = ("auto", "kernel", "torch")
+_choice = {"name": "auto"}
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def set_implementation(name: str) -> None:
+    """Choose how :func:`standardization_loss` computes on CPU.
+
+    Args:
+        name: ``"auto"`` (the C++ kernel when it builds, else torch), ``"kernel"`` (build it
+            now; raise if that fails) or ``"torch"`` (never use the kernel).
+
+    Raises:
+        ValueError: an unknown name.
+        RuntimeError: ``"kernel"`` where the kernel cannot be built or loaded.
+    """
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {name!r}; choose one of {IMPLEMENTATIONS}")
+    if name == "kernel" and not _std_loss_kernel.load():
+        raise RuntimeError(f"the standardization-loss CPU kernel is unavailable: "
+                           f"{_std_loss_kernel.error()}")
+    _choice["name"] = name
+
+
+def implementation(x: Tensor | None = None) -> str:
+    """The path a call on ``x`` (default: a float32 CPU tensor) takes now: "kernel" or "torch".
+
+    May build the kernel (see :mod:`normlab.functional._std_loss_kernel`).
+    """
+    if _choice["name"] == "torch":
+        return "torch"
+    if x is not None and (x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES):
+        return "torch"
+    return "kernel" if _std_loss_kernel.load() else "torch"
 
 
 def reduction_dims(x: Tensor, channel_dim: int) -> tuple[int, tuple[int, ...]]:
@@ -73,28 +129,25 @@ def channel_moments(x: Tensor, channel_dim: int = 1) -> tuple[Tensor, Tensor]:
     return mean.reshape(-1), var
 
 
-def _broadcast(v: Tensor, x: Tensor, cd: int) -> Tensor:
-    shape = [1] * x.dim()
-    shape[cd] = -1
-    return v.view(shape)
+def _loss_from_moments(mean: Tensor, var: Tensor, eps: float) -> Tensor:
+    return 0.5 * (mean * mean + var - torch.log(var + eps) - 1.0).sum()
 
 
-class _StandardizationLoss(torch.autograd.Function):
+class _TorchLoss(torch.autograd.Function):
     """Two-pass forward, analytic backward: dL/dx = (mu + (1 - 1/(var+eps)) (x - mu)) / M."""
 
     @staticmethod
     def forward(ctx, x: Tensor, cd: int, dims: tuple[int, ...], eps: float) -> Tensor:
         mean = x.mean(dim=dims, keepdim=True)
-        dev = x - mean
-        var = (dev * dev).mean(dim=dims, keepdim=True)
-        del dev
-        loss = 0.5 * (mean * mean + var - torch.log(var + eps) - 1.0).sum()
+        # Squared in place: one temporary the size of x instead of two.
+        var = (x - mean).square_().mean(dim=dims, keepdim=True)
         ctx.save_for_backward(x, mean, var)
         ctx.eps = eps
         ctx.count = x.numel() // x.shape[cd]
-        return loss
+        return _loss_from_moments(mean, var, eps)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
         x, mean, var = ctx.saved_tensors
         inv_m = grad / ctx.count
@@ -102,6 +155,29 @@ class _StandardizationLoss(torch.autograd.Function):
         # (x - mu) * coef + mu / M, written as x * coef + mu * (1/M - coef): one pass over x.
         shift = mean * inv_m - mean * coef
         return torch.addcmul(shift, x, coef), None, None, None
+
+
+def _as_rows(x: Tensor, cd: int) -> Tensor:
+    """``x`` as a contiguous ``(O, C, I)`` tensor, a view wherever the memory allows it.
+
+    Autograd records the view (or copy), so the kernel's gradient reaches ``x`` in ``x``'s
+    own layout.
+    """
+    if not x.is_contiguous() and x.dim() == 4 and cd == 1 \
+            and x.is_contiguous(memory_format=torch.channels_last):
+        n, c, h, w = x.shape
+        return x.permute(0, 2, 3, 1).reshape(n * h * w, c, 1)
+    if cd == 1:
+        return x.contiguous().view(x.shape[0], x.shape[1], -1)
+    return x.contiguous().view(-1, x.shape[cd], math.prod(x.shape[cd + 1:]))
+
+
+def _compiled_loss(x: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
+    # Plain ops for torch.compile: inductor fuses them into one-pass reductions (no graph
+    # break for the C++ op) and autograd derives the backward.
+    mean = x.mean(dim=dims, keepdim=True)
+    var = (x - mean).square().mean(dim=dims)
+    return _loss_from_moments(mean.reshape(-1), var, eps)
 
 
 def standardization_loss(x: Tensor, channel_dim: int = 1, eps: float = DEFAULT_EPS) -> Tensor:
@@ -126,18 +202,29 @@ def standardization_loss(x: Tensor, channel_dim: int = 1, eps: float = DEFAULT_E
         >>> loss = standardization_loss(x)   # about 0.5 * 8 * (1 + 4 - log 4 - 1)
     """
     _check_floating(x)
-    cd, dims = reduction_dims(x, channel_dim)
-    if x.shape[cd] == 0 or x.numel() == 0:
-        raise ValueError(f"standardization_loss got an empty tensor of shape {tuple(x.shape)}")
-    count = x.numel() // x.shape[cd]
-    if count < 2:
+    shape = x.shape
+    if len(shape) < 2 or not -len(shape) <= channel_dim < len(shape):
+        reduction_dims(x, channel_dim)  # raises the ValueError that says which
+    cd = channel_dim % len(shape)
+    numel = x.numel()
+    if numel == 0:
+        raise ValueError(f"standardization_loss got an empty tensor of shape {tuple(shape)}")
+    if numel // shape[cd] < 2:
         raise ValueError(
             f"standardization_loss needs at least 2 values per channel to estimate a variance, "
-            f"got shape {tuple(x.shape)} with channel_dim={channel_dim} (1 value per channel); "
+            f"got shape {tuple(shape)} with channel_dim={channel_dim} (1 value per channel); "
             f"use a batch size above 1 for fully connected layers"
         )
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
-    return _StandardizationLoss.apply(x, cd, dims, float(eps))
+    if torch.compiler.is_compiling():
+        return _compiled_loss(x, reduction_dims(x, cd)[1], float(eps))
+    # The checks above are the whole Python cost of a call: on the paper's 100-unit MLP the
+    # statistics themselves take less time than a few more attribute lookups would.
+    if _choice["name"] != "torch" and x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES \
+            and _std_loss_kernel.load():
+        # One C++ operator with its own autograd node: no Python runs in its backward.
+        return torch.ops.normlab.std_loss(_as_rows(x, cd), float(eps))
+    return _TorchLoss.apply(x, cd, reduction_dims(x, cd)[1], float(eps))

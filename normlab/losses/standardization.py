@@ -121,35 +121,38 @@ class StandardizationLoss:
         self.channel_dim = channel_dim
         self.layers = select_layers(model, layers)
         self._latest: dict[str, Tensor] = {}
+        # The running sum is kept as the hooks fire: the step then pays one add per layer,
+        # not a stack + sum of a list (measurable on small MLPs).
+        self._total: Tensor | None = None
         self._handles = [model.register_forward_pre_hook(self._start_forward)]
         for name, module in self.layers:
-            self._handles.append(module.register_forward_hook(self._make_hook(name)))
+            cd = channel_dim if channel_dim is not None else (-1 if isinstance(module, nn.Linear) else 1)
+            self._handles.append(module.register_forward_hook(self._make_hook(name, cd)))
 
     def _start_forward(self, module: nn.Module, args) -> None:
         if module.training and torch.is_grad_enabled():
             self._latest = {}
+            self._total = None
 
-    def _make_hook(self, name: str):
+    def _make_hook(self, name: str, cd: int):
         def hook(module: nn.Module, args, output: Tensor) -> None:
             if not (module.training and torch.is_grad_enabled()):
                 return
-            cd = self.channel_dim
-            if cd is None:
-                cd = -1 if isinstance(module, nn.Linear) else 1
             if self.stats == "global" and is_distributed(self.process_group):
                 value = global_standardization_loss(output, cd, self.eps, self.process_group)
             else:
                 value = standardization_loss(output, channel_dim=cd, eps=self.eps)
             prev = self._latest.get(name)
             self._latest[name] = value if prev is None else prev + value
+            self._total = value if self._total is None else self._total + value
 
         return hook
 
     def __call__(self) -> Tensor:
         """``weight * sum`` of the per-layer losses of the latest training forward (0 if none)."""
-        if not self._latest:
+        if self._total is None:
             return torch.zeros(())
-        return self.weight * torch.stack(list(self._latest.values())).sum()
+        return self._total if self.weight == 1.0 else self.weight * self._total
 
     def values(self) -> dict[str, float]:
         """Unweighted per-layer losses of the latest training forward."""
@@ -165,6 +168,7 @@ class StandardizationLoss:
             handle.remove()
         self._handles = []
         self._latest = {}
+        self._total = None
 
     def __enter__(self) -> "StandardizationLoss":
         return self
