@@ -36,6 +36,17 @@ def _band(ax, x, curves, label, smooth: int = 1) -> None:
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
 
 
+def _save(fig, axes, path: Path) -> Path:
+    """Grid and legend on every axis, then write the figure to ``path`` and close it."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_accuracy(exp: Experiment, path: Path) -> Path:
     """Test accuracy vs step: seed mean, band = +- one std over seeds."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -44,12 +55,7 @@ def plot_accuracy(exp: Experiment, path: Path) -> Path:
         _band(ax, steps, [r.test_acc for r in runs], label)
     ax.set(xlabel="training step", ylabel="test accuracy",
            title=f"{exp.config.model} on {exp.dataset.name} ({len(exp.seeds)} seeds, mean ± std)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, [ax], path)
 
 
 def plot_losses(exp: Experiment, path: Path) -> Path:
@@ -62,10 +68,4 @@ def plot_losses(exp: Experiment, path: Path) -> Path:
     ax1.set(xlabel="training step", ylabel="train cross-entropy",
             title=f"training loss (moving mean of {smooth})")
     ax2.set(xlabel="training step", ylabel="test cross-entropy", title="test loss")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, [ax1, ax2], path)

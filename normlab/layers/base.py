@@ -3,18 +3,25 @@
 Collins, Ballé & Shlens, "Accelerating Training of Deep Neural Networks with a Standardization
 Loss", 2019, arXiv:1903.00925, compare normalizations on one architecture and deploy without
 any: :mod:`normlab.surgery` reads what it needs from the attributes and hooks of
-:class:`NormLayer` defined here. Also here: the input check every layer shares and the
-float32-statistics rule for half-precision inputs (as torch's BatchNorm does under autocast).
+:class:`NormLayer` defined here. Also here: the input check every layer shares, the
+float32-statistics rule for half-precision inputs (as torch's BatchNorm does under autocast),
+and the constructor pieces (argument checks, affine parameters, running averages) that the
+torch-compatible ``(num_features, eps, momentum, affine, ...)`` layers have in common.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["NormLayer", "with_spatial_dims", "check_channels", "stats_dtype", "autocast_off"]
+from ..functional.whitening import channel_matrix, from_channel_matrix
+
+__all__ = ["NormLayer", "with_spatial_dims", "check_channels", "stats_dtype", "autocast_off",
+           "check_norm_args", "init_affine", "reset_affine", "channel_affine",
+           "update_running_", "check_batch_values", "channel_matrix_forward", "running_affine"]
 
 
 class NormLayer(nn.Module):
@@ -115,3 +122,110 @@ def autocast_off(x: Tensor) -> contextlib.AbstractContextManager:
     if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
         return torch.autocast(device, enabled=False)
     return contextlib.nullcontext()
+
+
+def check_norm_args(num_features: int, eps: float, momentum: float, *,
+                    zero_eps: bool = False) -> None:
+    """Raise a clear ``ValueError`` for a bad ``num_features``, ``eps`` or ``momentum``.
+
+    Args:
+        num_features: must be an int >= 1 (a bool is not a channel count).
+        eps: must be > 0, or >= 0 when ``zero_eps`` (layers whose divisor cannot reach 0
+            without it, e.g. a dispersion plus eps, allow eps = 0).
+        momentum: must be in ``[0, 1]`` (torch's convention: the weight of the new batch).
+    """
+    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+        raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+    if zero_eps:
+        if not eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+    elif not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+
+
+def init_affine(module: nn.Module, num_features: int, affine: bool,
+                factory: Mapping[str, object], *, scale: bool = True) -> None:
+    """Give ``module`` its per-channel ``weight`` (when ``affine and scale``) and ``bias``
+    (when ``affine``) as uninitialized ``(num_features,)`` parameters, or register ``None``
+    in their place (as torch's BatchNorm does, so ``state_dict`` and surgery see the same
+    names). :func:`reset_affine` gives them their initial values.
+
+    Args:
+        factory: ``{"device": ..., "dtype": ...}`` for the new tensors.
+        scale: ``False`` for a shift-only layer (no ``weight`` even when ``affine``).
+    """
+    for name, wanted in (("weight", affine and scale), ("bias", affine)):
+        if wanted:
+            setattr(module, name, nn.Parameter(torch.empty(num_features, **factory)))
+        else:
+            module.register_parameter(name, None)
+
+
+def reset_affine(module: nn.Module) -> None:
+    """``weight`` to 1 and ``bias`` to 0, each where the module has it (the identity map)."""
+    if module.weight is not None:
+        nn.init.ones_(module.weight)
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def channel_affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """``weight * y + bias`` per row of a ``(C, M)`` channel matrix, in ``y``'s dtype;
+    ``y`` itself when the layer has no affine map (``weight is None``)."""
+    if weight is None:
+        return y
+    return y * weight.to(y.dtype)[:, None] + bias.to(y.dtype)[:, None]
+
+
+@torch.no_grad()
+def update_running_(running: Tensor, batch: Tensor, momentum: float) -> None:
+    """``running = (1 - momentum) * running + momentum * batch``, in place, in the buffer's
+    own dtype (a half-precision batch statistic does not change the buffer's dtype)."""
+    running.lerp_(batch.detach().to(running.dtype), momentum)
+
+
+def running_affine(inv_std: Tensor, running_mean: Tensor, weight: Tensor | None,
+                   bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)`` of the eval map ``weight * (x - running_mean) * inv_std + bias`` of
+    a BN-like layer (for :meth:`NormLayer.eval_affine`); a missing ``weight`` or ``bias`` is
+    left out."""
+    scale = inv_std
+    if weight is not None:
+        scale = scale * weight
+    shift = -running_mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return scale, shift
+
+
+def check_batch_values(xm: Tensor, x: Tensor) -> None:
+    """Raise ``ValueError`` unless the ``(C, M)`` channel matrix ``xm`` of input ``x`` has
+    more than one value per channel (training statistics of one value are degenerate)."""
+    if xm.shape[1] < 2:
+        raise ValueError(
+            f"expected more than 1 value per channel when training, got input "
+            f"shape {tuple(x.shape)}"
+        )
+
+
+def channel_matrix_forward(x: Tensor, num_features: int,
+                           normalize: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """Run ``normalize(xm, x)`` on the ``(C, M)`` channel matrix of ``x`` and reshape back.
+
+    For layers whose statistics are matrix products or iterations over the channel matrix
+    (whitening, mixtures, Kalman prediction): half-precision inputs (autocast) are handled
+    in float32 with autocast off, since those products lose too much in bfloat16 and would
+    mix dtypes with the float32 buffers; the output has the input's dtype, as torch's BN.
+
+    Raises:
+        ValueError: ``x`` is not ``(N, num_features, *)``.
+    """
+    if x.dim() < 2 or x.shape[1] != num_features:
+        raise ValueError(
+            f"expected input (N, {num_features}, *), got shape {tuple(x.shape)}"
+        )
+    with autocast_off(x):
+        y = normalize(channel_matrix(x).to(stats_dtype(x)), x)
+    return from_channel_matrix(y.to(x.dtype), x)

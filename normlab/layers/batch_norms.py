@@ -15,10 +15,10 @@ by ``eval_affine()`` so :func:`normlab.surgery.fold_batch_norm` can fold it.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..functional import batch_norms as F
-from .base import NormLayer
+from .base import NormLayer, check_norm_args, init_affine, reset_affine, running_affine
 
 __all__ = ["L1BatchNorm", "LinfBatchNorm", "RangeBatchNorm", "BatchRenorm"]
 
@@ -35,12 +35,7 @@ class _BatchStatNorm(NormLayer):
     def __init__(self, num_features: int, eps: float, momentum: float, affine: bool,
                  scale: bool, spatial_dims: int | None, device, dtype) -> None:
         super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        check_norm_args(num_features, eps, momentum, zero_eps=True)
         if spatial_dims is not None and spatial_dims not in (0, 1, 2, 3):
             raise ValueError(f"spatial_dims must be None or 0-3, got {spatial_dims}")
         factory = {"device": device, "dtype": dtype}
@@ -50,14 +45,7 @@ class _BatchStatNorm(NormLayer):
         self.affine = affine
         self.scale = scale and affine
         self.spatial_dims = spatial_dims
-        if self.scale:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-        if affine:
-            self.bias = nn.Parameter(torch.empty(num_features, **factory))
-        else:
-            self.register_parameter("bias", None)
+        init_affine(self, num_features, affine, factory, scale=scale)
         self.register_buffer("running_mean", torch.zeros(num_features, **factory))
         self.register_buffer(self._disp_buffer, torch.ones(num_features, **factory))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long,
@@ -71,10 +59,7 @@ class _BatchStatNorm(NormLayer):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
@@ -97,13 +82,8 @@ class _BatchStatNorm(NormLayer):
 
     def eval_affine(self) -> tuple[Tensor, Tensor]:
         """``(scale, shift)``, each ``(C,)``: the eval output is ``x * scale + shift``."""
-        scale = 1.0 / self._running_std()
-        if self.weight is not None:
-            scale = scale * self.weight
-        shift = -self.running_mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias
-        return scale, shift
+        return running_affine(1.0 / self._running_std(), self.running_mean, self.weight,
+                              self.bias)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

@@ -11,15 +11,19 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..functional.whitening import (
-    channel_matrix,
-    from_channel_matrix,
-    group_whitening,
-    whitening_groups,
+from ..functional.whitening import group_whitening, whitening_groups
+from .base import (
+    NormLayer,
+    channel_affine,
+    channel_matrix_forward,
+    check_batch_values,
+    check_norm_args,
+    init_affine,
+    reset_affine,
+    update_running_,
 )
-from .base import NormLayer, autocast_off, stats_dtype
 
 __all__ = ["DecorrelatedBatchNorm"]
 
@@ -80,11 +84,8 @@ class DecorrelatedBatchNorm(NormLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        check_norm_args(num_features, eps, momentum)
         self.groups = whitening_groups(num_features, group_size)
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         if not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"iterations must be a positive int, got {iterations!r}")
         factory = {"device": device, "dtype": dtype}
@@ -94,12 +95,7 @@ class DecorrelatedBatchNorm(NormLayer):
         self.affine = affine
         self.group_size = group_size
         self.iterations = iterations
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = nn.Parameter(torch.empty(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        init_affine(self, num_features, affine, factory)
         self.register_buffer("running_mean", torch.zeros(num_features, **factory))
         self.register_buffer("running_whitening", torch.eye(num_features, **factory))
         self._warned = False
@@ -112,9 +108,7 @@ class DecorrelatedBatchNorm(NormLayer):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def _blocks(self, matrix: Tensor) -> list[Tensor]:
         """The diagonal blocks of a block-diagonal ``(C, C)`` matrix, one per group."""
@@ -125,26 +119,16 @@ class DecorrelatedBatchNorm(NormLayer):
         return out
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() < 2 or x.shape[1] != self.num_features:
-            raise ValueError(
-                f"expected input (N, {self.num_features}, *), got shape {tuple(x.shape)}"
-            )
         # Half-precision inputs (autocast) are whitened in float32 with autocast off: the
         # covariance and Newton-Schulz products lose too much in bfloat16, and the running
         # buffers keep their own dtype. The output has the input's dtype, as torch's BN.
-        with autocast_off(x):
-            y = self._whiten(channel_matrix(x).to(stats_dtype(x)), x)
-        return from_channel_matrix(y.to(x.dtype), x)
+        return channel_matrix_forward(x, self.num_features, self._whiten)
 
     def _whiten(self, xm: Tensor, x: Tensor) -> Tensor:
         """Whitened, affine-mapped ``(C, M)`` channel matrix, in ``xm``'s dtype."""
         dtype = xm.dtype
         if self.training:
-            if xm.shape[1] < 2:
-                raise ValueError(
-                    f"expected more than 1 value per channel when training, got input "
-                    f"shape {tuple(x.shape)}"
-                )
+            check_batch_values(xm, x)
             if xm.shape[1] <= self.groups[0] and not self._warned:
                 warnings.warn(
                     f"DecorrelatedBatchNorm: {xm.shape[1]} values per channel for groups of "
@@ -155,11 +139,9 @@ class DecorrelatedBatchNorm(NormLayer):
             mean = xm.mean(dim=1)
             xc = xm - mean[:, None]
             whitening = group_whitening(xc, self.groups, self.eps, self.iterations)
-            with torch.no_grad():
-                buffers = self.running_mean.dtype
-                self.running_mean.lerp_(mean.detach().to(buffers), self.momentum)
-                batch_matrix = torch.block_diag(*[w.detach() for w in whitening])
-                self.running_whitening.lerp_(batch_matrix.to(buffers), self.momentum)
+            update_running_(self.running_mean, mean, self.momentum)
+            update_running_(self.running_whitening,
+                            torch.block_diag(*[w.detach() for w in whitening]), self.momentum)
         else:
             xc = xm - self.running_mean.to(dtype)[:, None]
             whitening = self._blocks(self.running_whitening.to(dtype))
@@ -169,9 +151,7 @@ class DecorrelatedBatchNorm(NormLayer):
             parts.append(w @ xc[start:start + size])
             start += size
         y = torch.cat(parts, dim=0)
-        if self.affine:
-            y = y * self.weight.to(dtype)[:, None] + self.bias.to(dtype)[:, None]
-        return y
+        return channel_affine(y, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (

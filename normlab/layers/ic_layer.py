@@ -21,9 +21,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .base import NormLayer, check_channels
+from .base import (
+    NormLayer,
+    check_channels,
+    check_norm_args,
+    init_affine,
+    reset_affine,
+    running_affine,
+)
 
 __all__ = ["ICLayer"]
 
@@ -57,26 +64,16 @@ class ICLayer(NormLayer):
                  device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        check_norm_args(num_features, eps, momentum)
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability p must be in [0, 1), got {p}")
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         self.num_features = num_features
         self.p = p
         self.eps = eps
         self.momentum = momentum
         self.affine = affine
         kw = {"device": device, "dtype": dtype}
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **kw))
-            self.bias = nn.Parameter(torch.empty(num_features, **kw))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        init_affine(self, num_features, affine, kw)
         self.register_buffer("running_mean", torch.zeros(num_features, **kw))
         self.register_buffer("running_var", torch.ones(num_features, **kw))
         self.reset_parameters()
@@ -87,9 +84,7 @@ class ICLayer(NormLayer):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
         check_channels(x, self.num_features, "ICLayer")
@@ -100,13 +95,8 @@ class ICLayer(NormLayer):
 
     def eval_affine(self) -> tuple[Tensor, Tensor]:
         """``(scale, shift)`` of the eval-mode map (BN with running stats; no dropout)."""
-        scale = torch.rsqrt(self.running_var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight
-        shift = -self.running_mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias
-        return scale, shift
+        return running_affine(torch.rsqrt(self.running_var + self.eps), self.running_mean,
+                              self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, p={self.p}, eps={self.eps}, momentum={self.momentum}, "

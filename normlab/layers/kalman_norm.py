@@ -39,8 +39,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..functional.whitening import channel_matrix, from_channel_matrix
-from .base import NormLayer, autocast_off, stats_dtype
+from .base import (
+    NormLayer,
+    channel_affine,
+    channel_matrix_forward,
+    check_batch_values,
+    check_norm_args,
+    init_affine,
+    reset_affine,
+    update_running_,
+)
 
 __all__ = ["KalmanNorm", "kalman_predict", "kalman_fuse"]
 
@@ -120,18 +128,13 @@ class KalmanNorm(NormLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        check_norm_args(num_features, eps, momentum)
         if prev_features is not None and (not isinstance(prev_features, int)
                                           or prev_features < 1):
             raise ValueError(f"prev_features must be a positive int or None, got "
                              f"{prev_features!r}")
         if not 0.0 <= gain <= 1.0:
             raise ValueError(f"gain must be in [0, 1], got {gain}")
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         factory = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.eps = eps
@@ -139,12 +142,7 @@ class KalmanNorm(NormLayer):
         self.affine = affine
         self.gain = gain
         self.prev_features = prev_features
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = nn.Parameter(torch.empty(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        init_affine(self, num_features, affine, factory)
         if prev_features is not None:
             self.transition = nn.Parameter(torch.empty(num_features, prev_features, **factory))
             self.transition_bias = nn.Parameter(torch.empty(num_features, **factory))
@@ -184,9 +182,7 @@ class KalmanNorm(NormLayer):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
         if self.prev_features is not None:
             nn.init.zeros_(self.transition)
             nn.init.zeros_(self.transition_bias)
@@ -209,25 +205,17 @@ class KalmanNorm(NormLayer):
                               self.log_noise_var.to(dtype).exp())
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() < 2 or x.shape[1] != self.num_features:
-            raise ValueError(
-                f"expected input (N, {self.num_features}, *), got shape {tuple(x.shape)}"
-            )
         # Half-precision inputs (autocast) get float32 statistics with autocast off (the
         # prediction is a matrix product autocast would run in bfloat16); the buffers keep
         # their dtype and the output has the input's, as with torch's BN.
-        with autocast_off(x):
-            y = self._normalize(channel_matrix(x).to(stats_dtype(x)), x)
-        return from_channel_matrix(y.to(x.dtype), x)
+        return channel_matrix_forward(x, self.num_features, self._normalize)
 
     def _normalize(self, xm: Tensor, x: Tensor) -> Tensor:
         """Normalized, affine-mapped ``(C, M)`` channel matrix, in ``xm``'s dtype."""
         dtype = xm.dtype
         if self.training:
             m = xm.shape[1]
-            if m < 2:
-                raise ValueError(f"expected more than 1 value per channel when training, "
-                                 f"got input shape {tuple(x.shape)}")
+            check_batch_values(xm, x)
             batch_mean = xm.mean(dim=1)
             dev = xm - batch_mean[:, None]
             batch_var = (dev * dev).mean(dim=1)
@@ -240,17 +228,13 @@ class KalmanNorm(NormLayer):
                 mean, var = kalman_fuse(batch_mean, batch_var, pred_mean, pred_var, self.gain)
                 _, unbiased = kalman_fuse(batch_mean.detach(), batch_var.detach() * (m / (m - 1)),
                                           pred_mean.detach(), pred_var.detach(), self.gain)
-            with torch.no_grad():
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype),
-                                        self.momentum)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+            update_running_(self.running_mean, mean, self.momentum)
+            update_running_(self.running_var, unbiased, self.momentum)
         else:
             mean, var = self.running_mean.to(dtype), self.running_var.to(dtype)
         self.last_mean, self.last_var, self._fresh = mean, var, True
         y = (xm - mean[:, None]) / (var[:, None] + self.eps).sqrt()
-        if self.affine:
-            y = y * self.weight.to(dtype)[:, None] + self.bias.to(dtype)[:, None]
-        return y
+        return channel_affine(y, self.weight, self.bias)
 
     def eval_affine(self) -> tuple[Tensor, Tensor]:
         scale = (self.running_var + self.eps).rsqrt()

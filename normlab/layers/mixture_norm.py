@@ -34,10 +34,18 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..functional.whitening import channel_matrix, from_channel_matrix
-from .base import NormLayer, autocast_off, stats_dtype
+from .base import (
+    NormLayer,
+    channel_affine,
+    channel_matrix_forward,
+    check_batch_values,
+    check_norm_args,
+    init_affine,
+    reset_affine,
+    update_running_,
+)
 
 __all__ = ["MixtureNorm", "gmm_fit_1d", "gmm_responsibilities", "mixture_normalize"]
 
@@ -158,16 +166,11 @@ class MixtureNorm(NormLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        check_norm_args(num_features, eps, momentum)
         if not isinstance(components, int) or components < 1:
             raise ValueError(f"components must be a positive int, got {components!r}")
         if not isinstance(em_iterations, int) or em_iterations < 0:
             raise ValueError(f"em_iterations must be an int >= 0, got {em_iterations!r}")
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         factory = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.eps = eps
@@ -175,12 +178,7 @@ class MixtureNorm(NormLayer):
         self.affine = affine
         self.components = components
         self.em_iterations = em_iterations
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = nn.Parameter(torch.empty(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        init_affine(self, num_features, affine, factory)
         shape = (num_features, components)
         self.register_buffer("running_weights", torch.empty(shape, **factory))
         self.register_buffer("running_means", torch.empty(shape, **factory))
@@ -195,32 +193,20 @@ class MixtureNorm(NormLayer):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() < 2 or x.shape[1] != self.num_features:
-            raise ValueError(
-                f"expected input (N, {self.num_features}, *), got shape {tuple(x.shape)}"
-            )
         # Half-precision inputs (autocast) are fitted and normalized in float32 with autocast
         # off (EM in bfloat16 is too coarse); buffers keep their dtype, the output has the
         # input's, as with torch's BN.
-        with autocast_off(x):
-            y = self._normalize(channel_matrix(x).to(stats_dtype(x)), x)
-        return from_channel_matrix(y.to(x.dtype), x)
+        return channel_matrix_forward(x, self.num_features, self._normalize)
 
     def _normalize(self, xm: Tensor, x: Tensor) -> Tensor:
         """Mixture-normalized, affine-mapped ``(C, M)`` channel matrix, in ``xm``'s dtype."""
         dtype = xm.dtype
         if self.training:
             m = xm.shape[1]
-            if m < 2:
-                raise ValueError(
-                    f"expected more than 1 value per channel when training, got input "
-                    f"shape {tuple(x.shape)}"
-                )
+            check_batch_values(xm, x)
             fit = gmm_fit_1d(xm.detach(), self.components, self.em_iterations, self.eps)
             tau = gmm_responsibilities(xm.detach(), *fit, self.eps)
             weights, means, variances = _m_step(xm, tau)
@@ -228,19 +214,15 @@ class MixtureNorm(NormLayer):
                 n_k = weights.detach() * m
                 bessel = torch.where(n_k > 1, n_k / (n_k - 1).clamp_min(1e-12),
                                      torch.ones_like(n_k))
-                buffers = self.running_weights.dtype
-                self.running_weights.lerp_(weights.detach().to(buffers), self.momentum)
-                self.running_means.lerp_(means.detach().to(buffers), self.momentum)
-                self.running_vars.lerp_((variances.detach() * bessel).to(buffers),
-                                        self.momentum)
+                update_running_(self.running_weights, weights, self.momentum)
+                update_running_(self.running_means, means, self.momentum)
+                update_running_(self.running_vars, variances.detach() * bessel, self.momentum)
         else:
             weights, means, variances = (t.to(dtype) for t in (
                 self.running_weights, self.running_means, self.running_vars))
             tau = gmm_responsibilities(xm, weights, means, variances, self.eps)
         y = mixture_normalize(xm, tau, weights, means, variances, self.eps)
-        if self.affine:
-            y = y * self.weight.to(dtype)[:, None] + self.bias.to(dtype)[:, None]
-        return y
+        return channel_affine(y, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (

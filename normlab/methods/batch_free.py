@@ -70,17 +70,10 @@ class GroupNormMethod(Method):
         return {"num_groups": self.num_groups, "eps": self.eps}
 
 
-@METHODS.register("layer_norm")
-class LayerNormMethod(Method):
-    """Layer Normalization (over channels and positions, per sample) before each nonlinearity.
+class _EpsOnlyNormMethod(Method):
+    """A per-sample ``norm -> activation`` method whose one option is ``eps``."""
 
-    Args:
-        eps: added to the variance.
-    """
-
-    name = "layer_norm"
     kind = "layer"
-    paper = "Ba, Kiros & Hinton 2016, arXiv:1607.06450"
     batch_dependent = False
     inference = PER_SAMPLE
     conv_bias = False
@@ -88,15 +81,27 @@ class LayerNormMethod(Method):
     def __init__(self, eps: float = 1e-5) -> None:
         self.eps = eps
 
-    def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
-        return with_spatial_dims(LayerNorm(num_features, eps=self.eps), spatial_dims)
-
     def options(self) -> dict[str, object]:
         return {"eps": self.eps}
 
 
+@METHODS.register("layer_norm")
+class LayerNormMethod(_EpsOnlyNormMethod):
+    """Layer Normalization (over channels and positions, per sample) before each nonlinearity.
+
+    Args:
+        eps: added to the variance.
+    """
+
+    name = "layer_norm"
+    paper = "Ba, Kiros & Hinton 2016, arXiv:1607.06450"
+
+    def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
+        return with_spatial_dims(LayerNorm(num_features, eps=self.eps), spatial_dims)
+
+
 @METHODS.register("instance_norm")
-class InstanceNormMethod(Method):
+class InstanceNormMethod(_EpsOnlyNormMethod):
     """Instance Normalization before each nonlinearity.
 
     On ``(N, C)`` features (``spatial_dims == 0``) each channel has a single element, whose
@@ -109,21 +114,11 @@ class InstanceNormMethod(Method):
     """
 
     name = "instance_norm"
-    kind = "layer"
     paper = "Ulyanov, Vedaldi & Lempitsky 2016, arXiv:1607.08022"
-    batch_dependent = False
-    inference = PER_SAMPLE
-    conv_bias = False
-
-    def __init__(self, eps: float = 1e-5) -> None:
-        self.eps = eps
 
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
         layer = LayerNorm if spatial_dims == 0 else InstanceNorm
         return with_spatial_dims(layer(num_features, eps=self.eps), spatial_dims)
-
-    def options(self) -> dict[str, object]:
-        return {"eps": self.eps}
 
 
 @METHODS.register("frn")

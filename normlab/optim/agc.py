@@ -20,12 +20,13 @@ batches of ~100, so :data:`DEFAULT_CLIPPING` is 0.1 (a choice, not tuned on thes
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
+
+from .wrapper import OptimizerWrapper
 
 __all__ = ["AGC", "adaptive_grad_clip_", "clipped_parameters", "unitwise_norm", "DEFAULT_CLIPPING"]
 
@@ -100,7 +101,7 @@ def clipped_parameters(model: nn.Module, exclude: Sequence[str] | None = None) -
             if p.requires_grad and not (prefixes and n.startswith(prefixes))]
 
 
-class AGC(Optimizer):
+class AGC(OptimizerWrapper):
     """Wraps any optimizer: clips gradients unit-wise (AGC), then runs the inner ``step``.
 
     The wrapper shares ``param_groups``, ``state`` and ``defaults`` with the inner optimizer and
@@ -125,7 +126,6 @@ class AGC(Optimizer):
     def __init__(self, optimizer: Optimizer, model_or_params: nn.Module | Iterable[Tensor],
                  clipping: float = DEFAULT_CLIPPING, eps: float = 1e-3,
                  exclude: Sequence[str] | None = None) -> None:
-        # Optimizer.__init__ is not called: param_groups and state belong to the inner one.
         for attr in ("step", "zero_grad", "param_groups", "state_dict", "load_state_dict"):
             if not hasattr(optimizer, attr):
                 raise TypeError(f"optimizer must have {attr!r} (got {type(optimizer).__name__})")
@@ -142,29 +142,10 @@ class AGC(Optimizer):
             params = list(model_or_params)
             if not all(isinstance(p, Tensor) for p in params):
                 raise TypeError("model_or_params must be an nn.Module or an iterable of tensors")
-        self.optimizer = optimizer
+        super().__init__(optimizer)
         self.params = params
         self.clipping = clipping
         self.eps = eps
-        # Hook tables that Optimizer's hook-registration methods expect to exist.
-        self._optimizer_step_pre_hooks: dict[int, Callable] = OrderedDict()
-        self._optimizer_step_post_hooks: dict[int, Callable] = OrderedDict()
-        self._optimizer_state_dict_pre_hooks: dict[int, Callable] = OrderedDict()
-        self._optimizer_state_dict_post_hooks: dict[int, Callable] = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks: dict[int, Callable] = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks: dict[int, Callable] = OrderedDict()
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return self.optimizer.param_groups
-
-    @property
-    def state(self) -> Any:  # type: ignore[override]
-        return self.optimizer.state
-
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return getattr(self.optimizer, "defaults", {})
 
     def clip_(self) -> None:
         """Clip the gradients of the wrapped parameters in place (what ``step`` does first)."""
@@ -176,10 +157,7 @@ class AGC(Optimizer):
         A ``closure`` is evaluated once (with grad enabled) before clipping; optimizers that
         re-evaluate the closure (LBFGS) would see unclipped gradients and are not supported.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._closure_loss(closure)
         for hook in list(self._optimizer_step_pre_hooks.values()):
             hook(self, (), {})
         self.clip_()
@@ -188,20 +166,11 @@ class AGC(Optimizer):
             hook(self, (), {})
         return loss
 
-    def zero_grad(self, set_to_none: bool = True) -> None:  # type: ignore[override]
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
     def add_param_group(self, param_group: dict[str, Any]) -> None:  # type: ignore[override]
         """Add a group to the inner optimizer; its parameters are clipped too."""
-        self.optimizer.add_param_group(param_group)
+        super().add_param_group(param_group)
         # Read back the inner group: torch has already turned a generator into a list.
         self.params.extend(self.optimizer.param_groups[-1]["params"])
-
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        self.optimizer.load_state_dict(state_dict)
 
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__

@@ -61,12 +61,13 @@ Example:
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
+
+from .wrapper import OptimizerWrapper
 
 __all__ = ["BNP", "BNP_LAYERS", "bnp_precondition", "input_moments", "update_running_moments_"]
 
@@ -161,7 +162,7 @@ class _LayerStats:
             self.var = self.var.to(weight.device, weight.dtype)
 
 
-class BNP(Optimizer):
+class BNP(OptimizerWrapper):
     """Wraps any torch optimizer with Batch Normalization Preconditioning of its gradients.
 
     ``step()`` replaces the ``.grad`` of every hooked layer's weight and bias in place by the
@@ -195,14 +196,7 @@ class BNP(Optimizer):
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         if not eps >= 0.0:
             raise ValueError(f"eps must be >= 0, got {eps}")
-        # Deliberately not Optimizer.__init__: the groups and state must be the inner ones.
-        self.optimizer = optimizer
-        self._optimizer_step_pre_hooks = OrderedDict()
-        self._optimizer_step_post_hooks = OrderedDict()
-        self._optimizer_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_state_dict_post_hooks = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        super().__init__(optimizer)
         self._patch_step_function()
         self.momentum = float(momentum)
         self.eps = float(eps)
@@ -213,19 +207,6 @@ class BNP(Optimizer):
                       for name, m in self.layers}
         self._handles = [m.register_forward_pre_hook(self._make_hook(name))
                          for name, m in self.layers]
-
-    # Properties, not copies: torch's load_state_dict replaces the inner optimizer's lists.
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return self.optimizer.param_groups
-
-    @property
-    def state(self) -> Any:  # type: ignore[override]
-        return self.optimizer.state
-
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.optimizer.defaults
 
     def _select_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         trained = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
@@ -300,19 +281,10 @@ class BNP(Optimizer):
         A closure is evaluated once, before preconditioning; optimizers that re-evaluate it
         inside their step (LBFGS) would see raw gradients and are not supported.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._closure_loss(closure)
         self.precondition()
         self.optimizer.step()
         return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        self.optimizer.add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:
         """The inner optimizer's state dict plus ``"bnp"``: every layer's running statistics."""

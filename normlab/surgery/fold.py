@@ -16,7 +16,6 @@ back to the weight's dtype, so float32 models fold to about one rounding of thei
 
 from __future__ import annotations
 
-import copy
 from typing import NamedTuple
 
 import torch
@@ -27,7 +26,7 @@ from torch.nn.utils import parametrize
 from ..layers.base import NormLayer
 from .detect import is_norm_layer
 from .pairs import find_pairs
-from .replace import _check_module
+from .replace import _working_copy
 
 __all__ = ["FoldResult", "fold_weights", "eval_affine", "fold_batch_norm"]
 
@@ -152,8 +151,7 @@ def fold_batch_norm(model: nn.Module, inplace: bool = False) -> FoldResult:
     Raises:
         TypeError: ``model`` is not a module.
     """
-    _check_module(model)
-    model = model if inplace else copy.deepcopy(model)
+    model = _working_copy(model, inplace)
     norms = {}  # id -> (first name, module); named_modules() skips repeats of shared modules
     for name, module in model.named_modules():
         if is_norm_layer(module):

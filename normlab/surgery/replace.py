@@ -62,6 +62,13 @@ def _check_module(model: object) -> None:
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
 
 
+def _working_copy(model: nn.Module, inplace: bool) -> nn.Module:
+    """What a converter changes: ``model`` itself when ``inplace``, else a deep copy (after
+    checking that ``model`` is a module)."""
+    _check_module(model)
+    return model if inplace else copy.deepcopy(model)
+
+
 def convert_norm_layers(
     model: nn.Module, convert: Callable[[str, nn.Module], nn.Module]
 ) -> nn.Module:
@@ -193,7 +200,7 @@ def replace_norm(
         report.append(Replaced(name, type(layer).__name__, label, carried))
         return new
 
-    root = convert_norm_layers(model if inplace else copy.deepcopy(model), convert)
+    root = convert_norm_layers(_working_copy(model, inplace), convert)
     return (root, report) if return_report else root
 
 
@@ -209,6 +216,4 @@ def remove_norm(model: nn.Module, inplace: bool = False) -> nn.Module:
     Raises:
         TypeError: ``model`` is not a module.
     """
-    _check_module(model)
-    return convert_norm_layers(model if inplace else copy.deepcopy(model),
-                               lambda name, layer: _kept(layer))
+    return convert_norm_layers(_working_copy(model, inplace), lambda name, layer: _kept(layer))
