@@ -13,7 +13,7 @@ from .batch_norms import (
     range_moments,
     renorm_limits,
 )
-from .frn import filter_response_norm, tlu
+from .frn import filter_response_norm, filter_response_norm_tlu, frn_fusable, tlu
 from .proxy_norm import gaussian_grid, proxy_moments, proxy_norm
 from .standardization import DEFAULT_EPS, channel_moments, reduction_dims, standardization_loss
 
@@ -22,5 +22,5 @@ __all__ = [
     "l1_batch_norm", "linf_batch_norm", "range_batch_norm", "batch_renorm",
     "l1_moments", "linf_moments", "range_moments", "dispersion_normalize", "renorm_limits",
     "gaussian_topk_abs_mean", "gaussian_range",
-    "filter_response_norm", "tlu", "gaussian_grid", "proxy_moments", "proxy_norm",
+    "filter_response_norm", "filter_response_norm_tlu", "frn_fusable", "tlu", "gaussian_grid", "proxy_moments", "proxy_norm",
 ]

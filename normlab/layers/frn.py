@@ -14,6 +14,12 @@ is of the order of ``x^2``; the paper makes eps learnable there. With
 denominator away from 0 and the absolute value keeps it positive whatever sign the optimizer
 gives the parameter. normlab's choices: the learned part is per channel and starts at
 ``1e-4``.
+
+Speed: float32/float64 inputs on CPU/CUDA outside autocast run the fused autograd Function
+:func:`normlab.functional.frn.filter_response_norm_tlu` (analytic backward, few full-size
+passes); anything else runs the composite reference path. On an exact tie ``z == tau`` the
+fused backward gives the gradient to ``tau`` (ReLU's convention); the composite path splits
+it in halves, as ``torch.maximum`` does.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..functional.frn import filter_response_norm, tlu
+from ..functional.frn import filter_response_norm_tlu
 from .base import NormLayer, check_channels
 
 __all__ = ["FilterResponseNorm"]
@@ -93,8 +99,10 @@ class FilterResponseNorm(NormLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         check_channels(x, self.num_features, "FilterResponseNorm")
-        y = filter_response_norm(x, self.weight, self.bias, self.effective_eps())
-        return tlu(y, self.tau) if self.tau is not None else y
+        # Fused autograd Function when dtype/device/autocast allow (see
+        # filter_response_norm_tlu); otherwise the composite reference path.
+        return filter_response_norm_tlu(x, self.weight, self.bias, self.tau,
+                                        self.effective_eps())
 
     def without_norm(self) -> nn.Module:
         """``nn.ReLU()`` when the layer ends with its TLU, else ``nn.Identity()``.
