@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from ..methods import Method
+from .bench.allocator import tune_malloc
 from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .train import RunResult, train
@@ -35,6 +36,7 @@ _REPORT_EVERY = 25
 def _init_worker(spec: DatasetSpec, progress) -> None:
     global _DATA, _PROGRESS
     torch.set_num_threads(1)
+    tune_malloc()
     name, data_dir, download, seed = spec
     _DATA = load_dataset(name, data_dir=data_dir, download=download, seed=seed)
     _PROGRESS = progress

@@ -6,15 +6,18 @@ hands them back to the OS on ``free``; the next step page-faults every page back
 time noisy, differently for each method (each has its own tensor sizes), which would swamp
 the differences ``normlab bench`` measures. Raising both thresholds to 4 GiB keeps freed
 blocks in the process, as a caching allocator (PyTorch's CUDA allocator, tcmalloc) would.
-glibc reads the variables once at process start, so they must be set before Python starts.
+glibc reads the variables once at process start, so they must be set before Python starts;
+:func:`tune_malloc` sets the same thresholds from inside a running process with ``mallopt``
+(what ``normlab run``, ``compare`` and ``reproduce`` and their worker processes do).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Mapping
 
-__all__ = ["MALLOC_ENV", "MALLOC_REASON", "malloc_env_ok"]
+__all__ = ["MALLOC_ENV", "MALLOC_REASON", "malloc_env_ok", "tune_malloc"]
 
 MALLOC_ENV: dict[str, str] = {
     "MALLOC_MMAP_THRESHOLD_": "4294967296",
@@ -37,3 +40,16 @@ def malloc_env_ok(environ: Mapping[str, str] | None = None) -> bool:
     if any(name in env.get("LD_PRELOAD", "") for name in ("tcmalloc", "jemalloc")):
         return True
     return all(env.get(k) == v for k, v in MALLOC_ENV.items())
+
+
+def tune_malloc() -> bool:
+    """Raise glibc's mmap and trim thresholds in this process (``mallopt``), so freed
+    activations stay in the process instead of being page-faulted back every step.
+    Returns False where the C library is not glibc (then nothing changes)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)
+                    and libc.mallopt(m_trim_threshold, (1 << 31) - 1))
+    except (OSError, AttributeError):
+        return False

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ...distributed import RankFailedError, Replica, launch
 from ...methods import METHODS
+from ..bench.allocator import tune_malloc
 from ..experiment import run_experiment
 from ..report import format_table, write_report
 from ._options import (add_config_args, config_from_args, dataset_from_args, dataset_spec,
@@ -68,6 +69,7 @@ def _execute(args: argparse.Namespace, names: list[str], kind: str) -> int:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     if args.jobs > 1 and dist.nproc > 1:
         raise ValueError("--jobs runs seeds side by side; --nproc splits each run: choose one")
+    tune_malloc()  # training steps run up to 3.5x faster with freed buffers kept (see bench)
     command = "normlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         return launch(_train_and_report, (args, names, kind, command), dist)

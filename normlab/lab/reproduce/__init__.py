@@ -14,11 +14,11 @@ Example:
 
 from __future__ import annotations
 
-import ctypes
 import os
 import time
 from pathlib import Path
 
+from ..bench.allocator import tune_malloc
 from ..data import DATASETS, Dataset
 from .experiments import EXPERIMENTS, get_experiment
 from .report import write_repro_report
@@ -27,19 +27,6 @@ from .spec import Arm, Claim, Quick, ReproSpec
 
 __all__ = ["EXPERIMENTS", "RUNNERS", "Arm", "Claim", "Outcome", "Quick", "ReproSpec",
            "get_experiment", "load_spec_data", "reproduce", "tune_malloc"]
-
-
-def tune_malloc() -> bool:
-    """Keep freed activations in the process (glibc ``mallopt``), as the lab's benchmarks do
-    with ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``: without it every step
-    page-faults its buffers back and runs up to 3.5x slower. Returns False where not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)
-                    and libc.mallopt(m_trim_threshold, (1 << 31) - 1))
-    except (OSError, AttributeError):
-        return False
 
 
 def load_spec_data(spec: ReproSpec, data_dir: str | os.PathLike | None = None,
