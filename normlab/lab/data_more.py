@@ -50,17 +50,12 @@ class PointCloudDataset(Dataset):
     """A :class:`Dataset` whose inputs are point clouds ``(N, 3, P)`` (``in_shape == (3, P)``)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for split in ("train", "test"):
-            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
-            if x.dtype != torch.float32 or x.dim() != 3 or x.shape[1] != 3:
+            x = getattr(self, f"x_{split}")
+            if x.dim() != 3 or x.shape[1] != 3:
                 raise ValueError(f"{self.name}: x_{split} must be float32 (N, 3, P), got "
                                  f"{x.dtype} {tuple(x.shape)}")
-            if y.dtype != torch.int64 or y.shape != (x.shape[0],):
-                raise ValueError(f"{self.name}: y_{split} must be int64 of shape "
-                                 f"({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
-            if len(y) and not (0 <= int(y.min()) and int(y.max()) < self.num_classes):
-                raise ValueError(f"{self.name}: y_{split} has labels outside "
-                                 f"[0, {self.num_classes})")
 
 
 # --------------------------------------------------------------------------- ModelNet40
