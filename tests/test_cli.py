@@ -112,6 +112,6 @@ def test_methods_markdown_table_joins_compare_accuracies(tmp_path, capsys):
     assert main(["list", "methods", "--markdown", "--results", str(out / "results.json")]) == 0
     table = capsys.readouterr().out
     acc = json.loads((out / "results.json").read_text())["summary"][1]["final_acc_mean"]
-    assert f"| `std_loss` | Collins, Ballé & Shlens 2019, arXiv:1903.00925 | loss | no |" in table
+    assert "| `std_loss` | Collins, Ballé & Shlens 2019, arXiv:1903.00925 | loss | no |" in table
     assert f"{100 * acc:.1f} ± 0.0" in table and "| not run |" in table
     assert main(["list", "--markdown", "--results", str(tmp_path / "missing.json")]) == 2

@@ -13,7 +13,7 @@ import multiprocessing as mp
 import queue
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -26,7 +26,7 @@ from .train import RunResult, train
 __all__ = ["run_parallel", "DatasetSpec"]
 
 # (name, data_dir, download, seed): what a worker needs to load the same dataset.
-DatasetSpec = tuple[str, "Path | None", bool, int]
+DatasetSpec = tuple[str, Optional[Path], bool, int]
 
 _DATA: Dataset | None = None
 _PROGRESS = None
