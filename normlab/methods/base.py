@@ -1,7 +1,7 @@
 """The method abstraction: one object per normalization, four optional hooks.
 
 Every normalization in the seed papers intervenes in training in one (or more) of four ways
-(see ``shared/design.md``):
+(``docs/design.md`` in the repository says more):
 
 =========  ==========================================  =====================================
 kind       hook                                        examples

@@ -56,7 +56,7 @@ class GroupNormMethod(Method):
     paper = "Wu & He 2018, arXiv:1803.08494"
     batch_dependent = False
     inference = PER_SAMPLE
-    conv_bias = False  # the group mean absorbs a per-channel bias; beta replaces it
+    conv_bias = False  # as in GN ResNets; GN absorbs only a bias shared within each group
 
     def __init__(self, num_groups: int | None = None, eps: float = 1e-5) -> None:
         self.num_groups = num_groups
