@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from normlab.lab.models import build_model
 from normlab.methods import KINDS, METHODS, create_method
+from normlab.surgery import deploy_model
 
 MODELS = ["cnn", "mlp"]
 SHAPE = (1, 12, 12)
@@ -65,7 +66,7 @@ def test_method_contract(name, model):
     with torch.no_grad():
         assert torch.allclose(fresh(x), a, rtol=1e-5, atol=1e-6)
     # the deployment form computes the same function
-    deployed = method.for_inference(copy.deepcopy(net).eval())
+    deployed = deploy_model(copy.deepcopy(net).eval(), method)
     with torch.no_grad():
         assert torch.allclose(deployed(x), a, rtol=1e-4, atol=1e-5)
 

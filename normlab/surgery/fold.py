@@ -26,7 +26,7 @@ from torch.nn.utils import parametrize
 from ..layers.base import NormLayer
 from .detect import is_norm_layer
 from .pairs import find_pairs
-from .replace import _working_copy
+from .replace import working_copy
 
 __all__ = ["FoldResult", "fold_weights", "eval_affine", "fold_batch_norm"]
 
@@ -151,7 +151,7 @@ def fold_batch_norm(model: nn.Module, inplace: bool = False) -> FoldResult:
     Raises:
         TypeError: ``model`` is not a module.
     """
-    model = _working_copy(model, inplace)
+    model = working_copy(model, inplace)
     norms = {}  # id -> (first name, module); named_modules() skips repeats of shared modules
     for name, module in model.named_modules():
         if is_norm_layer(module):
