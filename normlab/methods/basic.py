@@ -55,7 +55,12 @@ class BatchNormMethod(Method):
 
 @METHODS.register("batch_norm_affine")
 class AffineBatchNormMethod(BatchNormMethod):
-    """Batch Normalization with both scale and shift (the usual torch default)."""
+    """Batch Normalization with both scale and shift (the usual torch default).
+
+    Args:
+        momentum, eps: as in ``torch.nn.BatchNorm2d``; the scale is always learned, so it is
+            not an option (and not among :meth:`options`).
+    """
 
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__(scale=True, momentum=momentum, eps=eps)

@@ -26,14 +26,15 @@ Example:
     >>> same = deploy_model(model, create_method("batch_norm"))
 """
 
-from .detect import NORM_TYPES, WEIGHT_TYPES, is_norm_layer, norm_features, norm_spatial_dims
+from ..nn_types import WEIGHT_LAYERS
+from .detect import NORM_TYPES, is_norm_layer, norm_features, norm_spatial_dims
 from .deploy import deploy_model
 from .fold import FoldResult, eval_affine, fold_batch_norm, fold_weights
 from .pairs import Pair, find_pairs
 from .replace import Replaced, convert_norm_layers, remove_norm, replace_norm
 
 __all__ = [
-    "NORM_TYPES", "WEIGHT_TYPES", "is_norm_layer", "norm_features", "norm_spatial_dims",
+    "NORM_TYPES", "WEIGHT_LAYERS", "is_norm_layer", "norm_features", "norm_spatial_dims",
     "FoldResult", "eval_affine", "fold_batch_norm", "fold_weights", "deploy_model",
     "Pair", "find_pairs",
     "Replaced", "convert_norm_layers", "remove_norm", "replace_norm",

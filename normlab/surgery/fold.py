@@ -24,6 +24,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.utils import parametrize
 
 from ..layers.base import NormLayer
+from ..nn_types import WEIGHT_LAYERS
 from .detect import is_norm_layer
 from .pairs import find_pairs
 from .replace import working_copy
@@ -110,7 +111,7 @@ def _blocker(module: nn.Module) -> str | None:
     """Why ``module``'s weights cannot be rewritten in place, if they cannot."""
     if parametrize.is_parametrized(module):
         return "its weight is parametrized (computed from other tensors)"
-    if type(module) not in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear):
+    if type(module) not in WEIGHT_LAYERS:
         return f"{type(module).__name__} may transform its weight in forward"
     if module._forward_hooks or module._forward_pre_hooks:
         return "it has forward hooks that folding would change the view of"

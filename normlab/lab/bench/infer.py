@@ -6,10 +6,10 @@ only once folded into the weights (Ioffe & Szegedy 2015, arXiv:1502.03167, secti
 
 Each method's model is deployed as a user deploys it: auxiliary hooks removed, then
 :func:`normlab.surgery.deploy_model` of ``model.eval()``. A second column folds whatever
-eval-affine normalization the deployed model still holds (:func:`normlab.surgery.
-fold_batch_norm`), so a method that does not declare ``folds`` shows both what it delivers and
-what folding would. Latency is timed under ``torch.inference_mode`` at each batch size, interleaved with
-the bare model (``none``).
+eval-affine normalization the deployed model still holds
+(:func:`normlab.surgery.fold_batch_norm`), so a method that does not declare ``folds`` shows
+both what it delivers and what folding would. Latency is timed under
+``torch.inference_mode`` at each batch size, interleaved with the bare model (``none``).
 """
 
 from __future__ import annotations
