@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from normlab.lab.models import build_model
 from normlab.methods import KINDS, METHODS, Method, create_method
+from normlab.surgery import deploy_model
 
 MODELS = ["cnn", "mlp"]
 SHAPE = (1, 12, 12)
@@ -90,8 +91,8 @@ def test_deployment_form(name):
     net.eval()
     with torch.no_grad():
         trained = net(x)
-    deployed = method.for_inference(net)
-    overrides = type(method).for_inference is not Method.for_inference
+    deployed = deploy_model(net, method)
+    overrides = type(method).for_inference is not Method.for_inference or method.folds
     with torch.no_grad():
         out = deployed(x)
         assert torch.equal(net(x), trained), "for_inference changed the trained model"

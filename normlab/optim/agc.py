@@ -26,12 +26,12 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ..nn_types import WEIGHT_LAYERS
 from .wrapper import OptimizerWrapper
 
 __all__ = ["AGC", "adaptive_grad_clip_", "clipped_parameters", "unitwise_norm", "DEFAULT_CLIPPING"]
 
 DEFAULT_CLIPPING = 0.1
-_WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def unitwise_norm(x: Tensor) -> Tensor:
@@ -75,7 +75,7 @@ def adaptive_grad_clip_(params: Iterable[Tensor] | Tensor, clipping: float = DEF
 
 
 def _last_weight_layer(model: nn.Module) -> str | None:
-    names = [n for n, m in model.named_modules() if isinstance(m, _WEIGHT_LAYERS)]
+    names = [n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
     return names[-1] if names else None
 
 

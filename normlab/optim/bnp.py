@@ -67,11 +67,10 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ..nn_types import WEIGHT_LAYERS as BNP_LAYERS
 from .wrapper import OptimizerWrapper
 
 __all__ = ["BNP", "BNP_LAYERS", "bnp_precondition", "input_moments", "update_running_moments_"]
-
-BNP_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def input_moments(x: Tensor, channel_dim: int) -> tuple[Tensor, Tensor]:
