@@ -1,30 +1,26 @@
 """The standardization loss's optional CPU kernel: a C++ ``torch.library`` operator.
 
 Collins, Ballé & Shlens, "Accelerating Training of Deep Neural Networks with a Standardization
-Loss", 2019, arXiv:1903.00925. The loss needs two statistics per channel and a gradient that
-is affine in ``x`` per channel. This kernel reads ``x`` once for the statistics (shifted sums
-around a per-channel pilot mean, blocks summed in the input type and blocks in float64) and
-once for the gradient, threads over channels through ``at::parallel_for``, and registers
-``torch.ops.normlab.std_loss`` (loss, with a C++ autograd node: no Python in its backward).
+Loss", 2019, arXiv:1903.00925. The kernel reads ``x`` once for the two per-channel statistics
+(shifted sums around a per-channel pilot mean, blocks summed in the input type and blocks in
+float64) and once for the gradient (affine in ``x`` per channel), threads over channels, and
+registers ``torch.ops.normlab.std_loss`` with a C++ autograd node (no Python in its backward).
 
-It is opt-in and built ahead of training: :func:`load` (called by
-``normlab.functional.set_implementation("kernel")``) compiles it once per machine with
-``torch.utils.cpp_extension.load_inline`` (g++, about a minute) and later processes load the
-cached library directly, without ninja or torch's extension versioner:
+Opt-in, built ahead of training: :func:`load` (``set_implementation("kernel")``) compiles it
+once per machine with ``torch.utils.cpp_extension.load_inline`` (about a minute); later
+processes load the cached library directly, without ninja or torch's extension versioner.
 
-- cache key: a hash of the source, the compile flags, torch's version and the CPU
-  architecture, in ``<torch extensions root>/normlab_std_loss_<key>/`` (root:
-  ``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). It does not depend on
-  the path python or torch was reached through. No ``-march=native``: the cache may be
-  shared by machines with different CPUs.
-- build lock: an ``fcntl.flock`` on ``normlab.lock`` there, released by the OS when its
-  holder dies, so an interrupted build cannot leave a lock that blocks anyone. A waiter
-  gives up after ``NORMLAB_KERNEL_LOCK_TIMEOUT`` seconds (default 300). Torch's own
-  ``lock`` file, which an interrupted torch build leaves behind and which would make every
-  later build wait forever, is removed while the flock is held.
-- failure: the full compiler output is warned once in this process and written to
-  ``build_error.txt``; later processes (``--jobs`` workers) read it instead of rebuilding,
-  and warn once. Delete that file to retry. ``NORMLAB_CPU_KERNEL=0`` disables the kernel.
+- Cache key: a hash of the source, the flags, torch's version and the CPU architecture, in
+  ``$TORCH_EXTENSIONS_DIR/normlab_std_loss_<key>/`` (default root ``~/.cache/torch_extensions``),
+  whatever path python or torch was reached through. No ``-march=native``: a shared cache
+  may serve machines with different CPUs.
+- Build lock: an ``fcntl.flock`` on ``normlab.lock`` there, which the OS releases when its
+  holder dies, so an interrupted build leaves no lock that blocks anyone; a waiter gives up
+  after ``NORMLAB_KERNEL_LOCK_TIMEOUT`` seconds (default 300). Torch's own ``lock`` file, left
+  by an interrupted torch build and waited on for ever, is removed while the flock is held.
+- Failure: the full compiler output is warned once per process and kept in
+  ``build_error.txt``; later processes (``--jobs`` workers) read it instead of rebuilding.
+  Delete it to retry. ``NORMLAB_CPU_KERNEL=0`` disables the kernel.
 """
 
 from __future__ import annotations
@@ -42,7 +38,7 @@ import torch
 try:  # POSIX advisory locks; elsewhere builds are not serialized
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["load", "loaded", "error", "build_directory", "NAME", "SOURCE", "CFLAGS"]
 
@@ -288,7 +284,7 @@ def build_directory() -> str:
     return os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root(), NAME)
 
 
-def _library(folder: str) -> str:
+def _library(folder: str) -> str:  # where load_inline puts the library
     return os.path.join(folder, f"{NAME}.so")
 
 
@@ -301,10 +297,9 @@ def _registered() -> bool:
 
 def _lock_timeout() -> float:
     raw = os.environ.get("NORMLAB_KERNEL_LOCK_TIMEOUT", "300")
-    try:
-        return float(raw)
-    except ValueError:
+    if not raw.replace(".", "", 1).isdigit():
         raise ValueError(f"NORMLAB_KERNEL_LOCK_TIMEOUT must be a number of seconds, got {raw!r}")
+    return float(raw)
 
 
 def _build(folder: str) -> None:
