@@ -139,15 +139,16 @@ def _channel_stats(x: Tensor, cd: int) -> tuple[Tensor, Tensor, Tensor]:
     two-pass (squared deviations around a mean), never ``E[x^2] - E[x]^2``.
     """
     if cd == x.dim() - 1:
-        # (N, C) and (N, T, C): aten's batch-norm statistics kernel reduces channels-last rows
-        # in one call, 2-3x cheaper than mean / subtract / square / mean on a Linear output.
+        # (N, C) and (N, T, C): aten's batch-norm statistics kernel takes the two-pass variance
+        # of channels-last rows in one call (12 us against 30 us for subtract / square / mean
+        # on a 128x100 Linear output, one thread).
         rows = x.reshape(-1, x.shape[cd])
         return rows, rows.mean(0), torch.batch_norm_update_stats(rows, None, None, 0.0)[1]
     dims = tuple(d for d in range(x.dim()) if d != cd)
     if cd == 1 and x.dim() == 4 and not x.is_contiguous() \
             and x.is_contiguous(memory_format=torch.channels_last):
         return x, x.mean(dims), torch.batch_norm_update_stats(x, None, None, 0.0)[1]
-    # Channel-major (NCHW) data: the same kernel is 3x slower there than these plain passes.
+    # Channel-major (NCHW) data: the same kernel is 2-3x slower there than these plain passes.
     mean = x.mean(dim=dims, keepdim=True)
     # Squared in place: one temporary the size of x instead of two.
     var = (x - mean).square_().mean(dim=dims)
@@ -159,7 +160,7 @@ class _TorchLoss(torch.autograd.Function):
 
     The gradient is ``x * a_c + b_c`` per channel. For channel-major data it is computed by
     an inference-mode ``native_batch_norm`` (running mean 0, variance 1, eps 0, weight ``a``,
-    bias ``b``: exactly ``x * a + b``), which is 2-3x faster on CPU than ``addcmul`` with
+    bias ``b``: exactly ``x * a + b``), 1.3-3.6x faster on CPU than ``addcmul`` with
     ``(1, C, 1, 1)`` operands; rows of channels use ``addcmul``, already vectorized there.
     """
 
