@@ -40,7 +40,7 @@ try:  # POSIX advisory locks; elsewhere builds are not serialized
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["load", "loaded", "error", "build_directory", "NAME", "SOURCE", "CFLAGS"]
+__all__ = ["load", "error", "build_directory", "NAME", "SOURCE", "CFLAGS"]
 
 _log = logging.getLogger("normlab")
 _lock = threading.Lock()
@@ -295,6 +295,17 @@ def _registered() -> bool:
         return False
 
 
+class _EarlierFailure(RuntimeError):
+    pass
+
+
+def _raise_if_failed(folder: str) -> None:
+    failed = os.path.join(folder, "build_error.txt")
+    if os.path.exists(failed):
+        with open(failed) as f:
+            raise _EarlierFailure(f"an earlier build failed (delete {failed} to retry):\n{f.read()}")
+
+
 def _lock_timeout() -> float:
     raw = os.environ.get("NORMLAB_KERNEL_LOCK_TIMEOUT", "300")
     if not raw.replace(".", "", 1).isdigit():
@@ -324,24 +335,17 @@ def _build_locked(folder: str, timeout: float) -> None:
                             f"another process has held the build lock {handle.name} for "
                             f"over {timeout:g} s (NORMLAB_KERNEL_LOCK_TIMEOUT)") from None
                     time.sleep(0.2)
-        try:
-            if os.path.exists(_library(folder)):  # built while this process waited
-                torch.ops.load_library(_library(folder))
-                return
-            # Only holders of the flock build here, so torch's baton file is a leftover of an
-            # interrupted build; left in place it makes load_inline wait for ever.
-            stale = os.path.join(folder, "lock")
-            if os.path.exists(stale):
-                os.remove(stale)
-            _build(folder)
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def loaded() -> bool:
-    """Whether the kernel is registered in this process (never triggers a build)."""
-    return bool(_state["ok"])
+        # Leaving the with block closes the file, which releases the flock.
+        if os.path.exists(_library(folder)):  # built while this process waited
+            torch.ops.load_library(_library(folder))
+            return
+        _raise_if_failed(folder)  # or failed while it waited: do not compile it again
+        # Only holders of the flock build here, so torch's baton file is a leftover of an
+        # interrupted build; left in place it makes load_inline wait for ever.
+        stale = os.path.join(folder, "lock")
+        if os.path.exists(stale):
+            os.remove(stale)
+        _build(folder)
 
 
 def error() -> str:
@@ -367,25 +371,21 @@ def load(build: bool = True) -> bool:
             _state.update(tried=True, ok=True, error="")
             return True
         folder = build_directory()
-        failed = os.path.join(folder, "build_error.txt")
         try:
             if os.path.exists(_library(folder)):
                 torch.ops.load_library(_library(folder))
-            elif os.path.exists(failed):
-                with open(failed) as f:
-                    raise RuntimeError(f"an earlier build failed (delete {failed} to retry):\n"
-                                       f"{f.read()}")
-            elif not build:
+            elif not build and not os.path.exists(os.path.join(folder, "build_error.txt")):
                 return False
             else:
+                _raise_if_failed(folder)
                 os.makedirs(folder, exist_ok=True)
                 _log.warning("normlab: building the standardization-loss CPU kernel in %s "
                              "(once per machine, about a minute)", folder)
                 try:
                     _build_locked(folder, _lock_timeout())
                 except Exception as err:
-                    if not isinstance(err, TimeoutError):  # a compiler error: kept for others
-                        with open(failed, "w") as f:
+                    if not isinstance(err, (TimeoutError, _EarlierFailure)):  # kept for others
+                        with open(os.path.join(folder, "build_error.txt"), "w") as f:
                             f.write(f"{type(err).__name__}: {err}")
                     raise
             if not _registered():
