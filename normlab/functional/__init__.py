@@ -15,10 +15,14 @@ from .batch_norms import (
 )
 from .frn import filter_response_norm, filter_response_norm_tlu, frn_fusable, tlu
 from .proxy_norm import gaussian_grid, proxy_moments, proxy_norm
-from .standardization import DEFAULT_EPS, channel_moments, reduction_dims, standardization_loss
+from .standardization import (
+    DEFAULT_EPS, channel_moments, implementation, reduction_dims, set_implementation,
+    standardization_loss,
+)
 
 __all__ = [
     "DEFAULT_EPS", "channel_moments", "reduction_dims", "standardization_loss",
+    "set_implementation", "implementation",
     "l1_batch_norm", "linf_batch_norm", "range_batch_norm", "batch_renorm",
     "l1_moments", "linf_moments", "range_moments", "dispersion_normalize", "renorm_limits",
     "gaussian_topk_abs_mean", "gaussian_range",
