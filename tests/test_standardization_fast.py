@@ -147,6 +147,7 @@ def fresh_kernel_state(monkeypatch):
     """A process in which the kernel was never loaded and cannot be found."""
     monkeypatch.setattr(kernel_mod, "_state", {"tried": False, "ok": False, "error": ""})
     monkeypatch.setattr(kernel_mod, "_registered", lambda: False)
+    monkeypatch.delenv("NORMLAB_CPU_KERNEL", raising=False)  # a shell may have disabled it
     yield monkeypatch
     S.set_implementation("auto")
 

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..functional.dispersion_autograd import L1_CONSTANT, TOPK_PAPER_CONSTANT
 from ..functional.dispersion_batch_norm import CORRECTIONS, gaussian_range, gaussian_topk_abs_mean
 from ..functional.standardization import DEFAULT_EPS, reduction_dims
 from .collectives import all_gather_cat, all_reduce_max, all_reduce_sum
@@ -107,7 +108,7 @@ def global_l1_moments(x: Tensor, group: dist.ProcessGroup | None = None
     """Global mean and L1 dispersion ``sqrt(pi/2) * mean|x - mu|`` per channel (dim 1), and n."""
     mean, dev, n = _global_mean(x, "global_l1_moments", group)
     dims = tuple(d for d in range(x.dim()) if d != 1)
-    disp = all_reduce_sum(dev.abs().sum(dim=dims), group) * (math.sqrt(math.pi / 2.0) / n)
+    disp = all_reduce_sum(dev.abs().sum(dim=dims), group) * (L1_CONSTANT / n)
     return mean, disp, n
 
 
@@ -134,8 +135,7 @@ def global_linf_moments(x: Tensor, k: int = 10, correction: str = "exact",
     if correction == "exact":
         disp = best.mean(dim=1) / gaussian_topk_abs_mean(n, k)
     else:
-        disp = best.mean(dim=1) * (0.5 * (1.0 + math.sqrt(math.pi * math.log(4.0)))
-                                   / math.sqrt(2.0 * math.log(n)))
+        disp = best.mean(dim=1) * (TOPK_PAPER_CONSTANT / math.sqrt(2.0 * math.log(n)))
     return mean, disp, n
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .dispersion_batch_norm import _validate, dispersion_normalize
-from .standardization import _check_floating
+from .standardization import check_floating
 
 __all__ = ["renorm_limits", "batch_renorm"]
 
@@ -53,7 +53,7 @@ def batch_renorm(x: Tensor, running_mean: Tensor, running_var: Tensor,
     Returns:
         A tensor shaped like ``x``.
     """
-    _check_floating(x)
+    check_floating(x)
     if x.dim() < 2:
         raise ValueError(f"batch_renorm expects (N, C, *) input, got shape {tuple(x.shape)}")
     if rmax < 1.0 or dmax < 0.0:

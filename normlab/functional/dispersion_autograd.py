@@ -29,9 +29,15 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["fused_dispersion_batch_norm"]
+__all__ = ["fused_dispersion_batch_norm", "L1_CONSTANT", "TOPK_PAPER_CONSTANT"]
 
+#: ``sqrt(pi / 2)``: ``E|X - mu| = sigma / L1_CONSTANT`` for a Gaussian, so the L1 dispersion
+#: ``L1_CONSTANT * mean|x - mu|`` estimates sigma (arXiv:1803.01814).
 L1_CONSTANT = math.sqrt(math.pi / 2.0)
+
+#: ``0.5 (1 + sqrt(pi ln 4))``: the paper's asymptotic top-k constant (arXiv:1803.01814); its
+#: top-k dispersion is the top-k mean times ``TOPK_PAPER_CONSTANT / sqrt(2 ln n)``.
+TOPK_PAPER_CONSTANT = 0.5 * (1.0 + math.sqrt(math.pi * math.log(4.0)))
 
 
 def _rows(x: Tensor) -> Tensor:

@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .dispersion_autograd import L1_CONSTANT, fused_dispersion_batch_norm
-from .standardization import _check_floating, reduction_dims
+from .dispersion_autograd import L1_CONSTANT, TOPK_PAPER_CONSTANT, fused_dispersion_batch_norm
+from .standardization import check_floating, reduction_dims
 
 __all__ = [
     "CORRECTIONS", "gaussian_topk_abs_mean", "gaussian_range",
@@ -112,7 +112,7 @@ def gaussian_range(n: int) -> float:
 
 
 def _validate(x: Tensor, training: bool, what: str) -> tuple[tuple[int, ...], int]:
-    _check_floating(x)
+    check_floating(x)
     _, dims = reduction_dims(x, 1)
     n = x.numel() // max(x.shape[1], 1)
     if x.numel() == 0:
@@ -138,7 +138,7 @@ def l1_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel mean and L1 dispersion ``sqrt(pi/2) * mean |x - mu|``, each ``(C,)``."""
     dims, _ = _validate(x, True, "l1_moments")
     mean = x.mean(dim=dims, keepdim=True)
-    disp = (x - mean).abs().mean(dim=dims) * math.sqrt(math.pi / 2.0)
+    disp = (x - mean).abs().mean(dim=dims) * L1_CONSTANT
     return mean.reshape(-1), disp
 
 
@@ -167,7 +167,7 @@ def _linf_constant(n: int, k: int, correction: str) -> float:
     """What the top-k mean is divided by: ``E_k(n)`` or the paper's inverse constant."""
     if correction == "exact":
         return gaussian_topk_abs_mean(n, k)
-    return math.sqrt(2.0 * math.log(n)) / (0.5 * (1.0 + math.sqrt(math.pi * math.log(4.0))))
+    return math.sqrt(2.0 * math.log(n)) / TOPK_PAPER_CONSTANT
 
 
 def _range_constant(n: int, correction: str) -> float:
@@ -216,7 +216,7 @@ def _dispersion_batch_norm(x, kind, constant, running_mean, running_disp, weight
     """Shared body; ``constant(n)`` gives the fused path's constant for ``n`` values per
     channel (:func:`~normlab.functional.dispersion_autograd.fused_dispersion_batch_norm`:
     the same function and gradient as autograd through the ``*_moments`` functions)."""
-    _check_floating(x)
+    check_floating(x)
     if x.dim() < 2:
         raise ValueError(f"{what} expects (N, C, *) input, got shape {tuple(x.shape)}")
     if eps < 0:

@@ -48,7 +48,7 @@ from . import _std_loss_kernel
 
 __all__ = [
     "channel_moments", "standardization_loss", "reduction_dims", "DEFAULT_EPS",
-    "set_implementation", "implementation", "IMPLEMENTATIONS",
+    "set_implementation", "implementation", "IMPLEMENTATIONS", "check_floating",
 ]
 
 DEFAULT_EPS = 1e-5
@@ -104,7 +104,8 @@ def reduction_dims(x: Tensor, channel_dim: int) -> tuple[int, tuple[int, ...]]:
     return cd, tuple(d for d in range(x.dim()) if d != cd)
 
 
-def _check_floating(x: Tensor, what: str = "x") -> None:
+def check_floating(x: Tensor, what: str = "x") -> None:
+    """Raise unless ``x`` is a floating-point tensor (``what`` names it in the message)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -121,7 +122,7 @@ def channel_moments(x: Tensor, channel_dim: int = 1) -> tuple[Tensor, Tensor]:
     Returns:
         ``(mean, var)``, each of shape ``(C,)``.
     """
-    _check_floating(x)
+    check_floating(x)
     cd, dims = reduction_dims(x, channel_dim)
     mean = x.mean(dim=dims, keepdim=True)
     dev = x - mean
@@ -201,7 +202,7 @@ def standardization_loss(x: Tensor, channel_dim: int = 1, eps: float = DEFAULT_E
         >>> x = torch.randn(64, 8, 5, 5) * 2 + 1
         >>> loss = standardization_loss(x)   # about 0.5 * 8 * (1 + 4 - log 4 - 1)
     """
-    _check_floating(x)
+    check_floating(x)
     shape = x.shape
     if len(shape) < 2 or not -len(shape) <= channel_dim < len(shape):
         reduction_dims(x, channel_dim)  # raises the ValueError that says which

@@ -11,7 +11,7 @@ from pathlib import Path
 from .experiment import Experiment, environment, summarize
 from .plots import plot_accuracy, plot_losses
 
-__all__ = ["write_report", "format_table"]
+__all__ = ["write_report", "format_table", "json_safe"]
 
 
 def _fmt_speedup(row: dict) -> str:
@@ -36,13 +36,15 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _json_safe(obj):
+def json_safe(obj):
+    """``obj`` with every non-finite float (nested in dicts, lists, tuples) as ``None``,
+    which JSON can hold."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -67,7 +69,7 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
         "summary": rows,
         "runs": {k: [r.to_dict() for r in runs] for k, runs in exp.runs.items()},
     }
-    (out / "results.json").write_text(json.dumps(_json_safe(payload), indent=1))
+    (out / "results.json").write_text(json.dumps(json_safe(payload), indent=1))
     plot_accuracy(exp, out / "accuracy.png")
     plot_losses(exp, out / "loss.png")
     cfg = exp.config

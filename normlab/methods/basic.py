@@ -22,7 +22,6 @@ from .base import Method
 class NoNorm(Method):
     """No normalization: the baseline every speed-up is measured against."""
 
-    name = "none"
     kind = "none"
     paper = "-"
     inference = "none"
@@ -37,12 +36,12 @@ class BatchNormMethod(Method):
         momentum, eps: as in ``torch.nn.BatchNorm2d``.
     """
 
-    name = "batch_norm"
     kind = "layer"
     paper = "Ioffe & Szegedy 2015, arXiv:1502.03167"
     batch_dependent = True
     inference = "folded into the weights"
     conv_bias = False
+    folds = True  # eval BN is per-channel affine: deployment costs what the bare net costs
 
     def __init__(self, scale: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> None:
         self.scale = scale
@@ -53,21 +52,15 @@ class BatchNormMethod(Method):
         return batch_norm(num_features, spatial_dims, scale=self.scale, eps=self.eps,
                           momentum=self.momentum)
 
-    def for_inference(self, model: nn.Module) -> nn.Module:
-        """BN folded into the preceding conv/linear: deployment costs what the bare net costs."""
-        from ..surgery.fold import fold_batch_norm  # surgery imports this package
-
-        return fold_batch_norm(model).model
-
-    def options(self) -> dict[str, object]:
-        return {"scale": self.scale, "momentum": self.momentum, "eps": self.eps}
-
 
 @METHODS.register("batch_norm_affine")
 class AffineBatchNormMethod(BatchNormMethod):
-    """Batch Normalization with both scale and shift (the usual torch default)."""
+    """Batch Normalization with both scale and shift (the usual torch default).
 
-    name = "batch_norm_affine"
+    Args:
+        momentum, eps: as in ``torch.nn.BatchNorm2d``; the scale is always learned, so it is
+            not an option (and not among :meth:`options`).
+    """
 
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__(scale=True, momentum=momentum, eps=eps)
@@ -85,7 +78,6 @@ class StandardizationLossMethod(Method):
             :class:`~normlab.losses.StandardizationLoss`.
     """
 
-    name = "std_loss"
     kind = "loss"
     paper = "Collins, Ballé & Shlens 2019, arXiv:1903.00925"
     batch_dependent = False
@@ -100,6 +92,3 @@ class StandardizationLossMethod(Method):
 
     def auxiliary_loss(self, model: nn.Module) -> StandardizationLoss:
         return StandardizationLoss(model, weight=self.weight, eps=self.eps, stats=self.stats)
-
-    def options(self) -> dict[str, object]:
-        return {"weight": self.weight, "eps": self.eps, "stats": self.stats}

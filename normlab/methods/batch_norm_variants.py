@@ -29,6 +29,9 @@ class _BatchStatMethod(Method):
     batch_dependent = True
     inference = "folded into the weights"
     conv_bias = False
+    # Each layer's eval map is per-channel affine (running statistics): deployment folds it
+    # into the weight layer before it, so it costs what the bare network costs.
+    folds = True
 
     def __init__(self, scale: bool = True, momentum: float = 0.1, eps: float = 1e-5) -> None:
         self.scale = scale
@@ -38,18 +41,6 @@ class _BatchStatMethod(Method):
     def _common(self, spatial_dims: int) -> dict[str, object]:
         return {"eps": self.eps, "momentum": self.momentum, "scale": self.scale,
                 "spatial_dims": spatial_dims}
-
-    def for_inference(self, model: nn.Module) -> nn.Module:
-        """A folded copy in eval mode: each layer's eval map is per-channel affine (running
-        statistics), folded into the weight layer before it
-        (:func:`normlab.surgery.fold_batch_norm`), so deployment costs what the bare
-        network costs."""
-        from ..surgery.fold import fold_batch_norm  # surgery imports this package
-
-        return fold_batch_norm(model).model
-
-    def options(self) -> dict[str, object]:
-        return {"scale": self.scale, "momentum": self.momentum, "eps": self.eps}
 
 
 @METHODS.register("l1_batch_norm")
@@ -61,7 +52,6 @@ class L1BatchNormMethod(_BatchStatMethod):
         momentum, eps: running-statistics rate; added to the dispersion.
     """
 
-    name = "l1_batch_norm"
     paper = "Hoffer, Banner, Golan & Soudry 2018, arXiv:1803.01814"
 
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
@@ -78,7 +68,6 @@ class LinfBatchNormMethod(_BatchStatMethod):
         correction: ``"exact"`` Gaussian constant (default) or the ``"paper"``'s asymptotic one.
     """
 
-    name = "linf_batch_norm"
     paper = "Hoffer, Banner, Golan & Soudry 2018, arXiv:1803.01814"
 
     def __init__(self, scale: bool = True, momentum: float = 0.1, eps: float = 1e-5,
@@ -91,9 +80,6 @@ class LinfBatchNormMethod(_BatchStatMethod):
         return LinfBatchNorm(num_features, k=self.k, correction=self.correction,
                              **self._common(spatial_dims))
 
-    def options(self) -> dict[str, object]:
-        return {**super().options(), "k": self.k, "correction": self.correction}
-
 
 @METHODS.register("range_batch_norm")
 class RangeBatchNormMethod(_BatchStatMethod):
@@ -105,7 +91,6 @@ class RangeBatchNormMethod(_BatchStatMethod):
             ``1 / sqrt(2 ln n)``.
     """
 
-    name = "range_batch_norm"
     paper = "Banner, Hubara, Hoffer & Soudry 2018, arXiv:1805.11046"
 
     def __init__(self, scale: bool = True, momentum: float = 0.1, eps: float = 1e-5,
@@ -116,9 +101,6 @@ class RangeBatchNormMethod(_BatchStatMethod):
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
         return RangeBatchNorm(num_features, correction=self.correction,
                               **self._common(spatial_dims))
-
-    def options(self) -> dict[str, object]:
-        return {**super().options(), "correction": self.correction}
 
 
 @METHODS.register("batch_renorm")
@@ -133,7 +115,6 @@ class BatchRenormMethod(_BatchStatMethod):
             want e.g. ``warmup_start=500, rmax_steps=2000, dmax_steps=1500``).
     """
 
-    name = "batch_renorm"
     paper = "Ioffe 2017, arXiv:1702.03275"
 
     def __init__(self, scale: bool = True, momentum: float = 0.1, eps: float = 1e-5,
@@ -147,8 +128,3 @@ class BatchRenormMethod(_BatchStatMethod):
         return BatchRenorm(num_features, rmax=self.rmax, dmax=self.dmax,
                            warmup_start=self.warmup_start, rmax_steps=self.rmax_steps,
                            dmax_steps=self.dmax_steps, **self._common(spatial_dims))
-
-    def options(self) -> dict[str, object]:
-        return {**super().options(), "rmax": self.rmax, "dmax": self.dmax,
-                "warmup_start": self.warmup_start, "rmax_steps": self.rmax_steps,
-                "dmax_steps": self.dmax_steps}

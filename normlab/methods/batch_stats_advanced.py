@@ -45,12 +45,14 @@ class KalmanNormMethod(Method):
         momentum, eps: as in ``torch.nn.BatchNorm2d``.
     """
 
-    name = "kalman_norm"
     kind = "layer"
     paper = "Wang, Peng, Luo, Wang & Lin 2018, arXiv:1802.03133"
     batch_dependent = True
     inference = "folded into the weights"
     conv_bias = False
+    # The eval map of each layer is per-channel affine (running statistics, no fusion):
+    # deployment folds it into the weight layer before it.
+    folds = True
 
     def __init__(self, gain: float = 0.9, momentum: float = 0.1, eps: float = 1e-5) -> None:
         if not 0.0 <= gain <= 1.0:
@@ -85,18 +87,6 @@ class KalmanNormMethod(Method):
                 )
         return model
 
-    def for_inference(self, model: nn.Module) -> nn.Module:
-        """A folded copy in eval mode: the eval map of each layer is per-channel affine
-        (running statistics, no fusion), folded into the weight layer before it
-        (:func:`normlab.surgery.fold_batch_norm`), so deployment costs what the bare
-        network costs."""
-        from ..surgery.fold import fold_batch_norm  # surgery imports this package
-
-        return fold_batch_norm(model).model
-
-    def options(self) -> dict[str, object]:
-        return {"gain": self.gain, "momentum": self.momentum, "eps": self.eps}
-
 
 @METHODS.register("mixture_norm")
 class MixtureNormMethod(Method):
@@ -108,7 +98,6 @@ class MixtureNormMethod(Method):
         momentum, eps: of the running component parameters / added to each variance.
     """
 
-    name = "mixture_norm"
     kind = "layer"
     paper = "Kalayeh & Shah 2019, arXiv:1806.02892"
     batch_dependent = True
@@ -130,10 +119,6 @@ class MixtureNormMethod(Method):
                         components=self.components, em_iterations=self.em_iterations),
             spatial_dims)
 
-    def options(self) -> dict[str, object]:
-        return {"components": self.components, "em_iterations": self.em_iterations,
-                "momentum": self.momentum, "eps": self.eps}
-
 
 @METHODS.register("decorrelated_batch_norm")
 class DecorrelatedBatchNormMethod(Method):
@@ -147,7 +132,6 @@ class DecorrelatedBatchNormMethod(Method):
             diagonal.
     """
 
-    name = "decorrelated_batch_norm"
     kind = "layer"
     paper = "Huang, Yang, Lang & Deng 2018, arXiv:1804.08450"
     batch_dependent = True
@@ -168,7 +152,3 @@ class DecorrelatedBatchNormMethod(Method):
             DecorrelatedBatchNorm(num_features, eps=self.eps, momentum=self.momentum,
                                   group_size=self.group_size, iterations=self.iterations),
             spatial_dims)
-
-    def options(self) -> dict[str, object]:
-        return {"group_size": self.group_size, "iterations": self.iterations,
-                "momentum": self.momentum, "eps": self.eps}

@@ -29,7 +29,6 @@ class BNPMethod(Method):
         skip_last: do not precondition the last weight layer (the classifier).
     """
 
-    name = "bnp"
     kind = "gradient"
     paper = "Lange, Helfrich & Ye 2022, JMLR 23(72), arXiv:2108.01110"
     batch_dependent = False
@@ -50,7 +49,3 @@ class BNPMethod(Method):
     def wrap_optimizer(self, optimizer: Optimizer, model: nn.Module) -> BNP:
         return BNP(optimizer, model, momentum=self.momentum, eps=self.eps,
                    skip_first=self.skip_first, skip_last=self.skip_last)
-
-    def options(self) -> dict[str, object]:
-        return {"momentum": self.momentum, "eps": self.eps, "skip_first": self.skip_first,
-                "skip_last": self.skip_last}
