@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from normlab.functional import batch_norms as F
-from normlab.layers.batch_norms import BatchRenorm, L1BatchNorm, LinfBatchNorm, RangeBatchNorm
+from normlab import functional as F
+from normlab.layers import BatchRenorm, L1BatchNorm, LinfBatchNorm, RangeBatchNorm
 from normlab.methods import METHODS, create_method
 
 DISPERSION_LAYERS = [L1BatchNorm, LinfBatchNorm, RangeBatchNorm]

@@ -379,7 +379,7 @@ def _train_batch_one(method_name: str, data, steps: int, lr: float) -> float:
 
 
 def test_batch_size_one_fashion_mnist_trains_where_batch_norm_cannot():
-    from normlab.lab.data import load_dataset
+    from normlab.lab.datasets import load_dataset
     from normlab.lab.models import build_model
 
     data = load_dataset("fashion_mnist", download=False)

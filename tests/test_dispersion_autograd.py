@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from normlab.functional import batch_norms as F
+from normlab.functional import dispersion_batch_norm as F
 
 EPS = 1e-3
 

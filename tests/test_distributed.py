@@ -28,10 +28,10 @@ from normlab.distributed import (DistributedConfig, RankFailedError, Replica,
                                  revert_sync_norm, spawn, sync_norm, unsynced_batch_layers)
 from normlab.distributed.sync_norm import SyncBatchNorm, SyncLinfBatchNorm
 from normlab.functional import standardization_loss
-from normlab.functional.batch_norms import l1_moments, linf_moments, range_moments
+from normlab.functional.dispersion_batch_norm import l1_moments, linf_moments, range_moments
 from normlab.lab.cli import main as cli_main
 from normlab.lab.models import build_model
-from normlab.layers.batch_norms import BatchRenorm, L1BatchNorm, LinfBatchNorm, RangeBatchNorm
+from normlab.layers import BatchRenorm, L1BatchNorm, LinfBatchNorm, RangeBatchNorm
 from normlab.losses import StandardizationLoss
 from normlab.methods import create_method
 

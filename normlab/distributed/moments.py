@@ -30,8 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..functional.batch_norms import CORRECTIONS, gaussian_range, gaussian_topk_abs_mean
 from ..functional.dispersion_autograd import L1_CONSTANT, TOPK_PAPER_CONSTANT
+from ..functional.dispersion_batch_norm import CORRECTIONS, gaussian_range, gaussian_topk_abs_mean
 from ..functional.standardization import DEFAULT_EPS, reduction_dims
 from .collectives import all_gather_cat, all_reduce_max, all_reduce_sum
 
@@ -117,7 +117,8 @@ def global_linf_moments(x: Tensor, k: int = 10, correction: str = "exact",
     """Global mean and top-k dispersion per channel (dim 1), and n.
 
     The ``k`` (capped at the global ``n``) largest ``|x - mu|`` of the global batch, averaged
-    and scaled as :func:`normlab.functional.batch_norms.linf_moments` scales them for ``n``.
+    and scaled as :func:`normlab.functional.dispersion_batch_norm.linf_moments` scales them
+    for ``n``.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")

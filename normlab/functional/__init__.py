@@ -1,7 +1,7 @@
 """Pure tensor functions, one family per file; the public ones are re-exported here."""
 
-from .batch_norms import (
-    batch_renorm,
+from .batch_renormalization import batch_renorm, renorm_limits
+from .dispersion_batch_norm import (
     dispersion_normalize,
     gaussian_range,
     gaussian_topk_abs_mean,
@@ -11,7 +11,6 @@ from .batch_norms import (
     linf_moments,
     range_batch_norm,
     range_moments,
-    renorm_limits,
 )
 from .frn import filter_response_norm, filter_response_norm_tlu, frn_fusable, tlu
 from .proxy_norm import gaussian_grid, proxy_moments, proxy_norm

@@ -4,7 +4,7 @@ Hoffer, Banner, Golan & Soudry, "Norm matters: efficient and accurate normalizat
 in deep networks", 2018, arXiv:1803.01814 (L1 and top-k); Banner, Hubara, Hoffer & Soudry,
 "Scalable methods for 8-bit training of neural networks", 2018, arXiv:1805.11046 (Range).
 
-Same function and gradient as autograd through :func:`~normlab.functional.batch_norms.
+Same function and gradient as autograd through :func:`~normlab.functional.dispersion_batch_norm.
 l1_moments` (and the top-k and range moments) and the per-channel affine map, in about a
 third of the time on CPU: autograd's mean/abs backward builds several full-size temporaries
 from broadcast (stride-0) gradients, the slowest kernels torch has. Per channel, with

@@ -26,7 +26,7 @@ from ..distributed import Replica
 from ..methods import Method
 from ..surgery import deploy_model
 from .config import TrainConfig
-from .data import Batches, Dataset
+from .datasets import Batches, Dataset
 from .models import build_model
 
 __all__ = ["RunResult", "train", "evaluate", "eval_schedule", "make_optimizer", "TrainingDiverged"]

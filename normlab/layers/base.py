@@ -21,7 +21,8 @@ from ..functional.whitening import channel_matrix, from_channel_matrix
 
 __all__ = ["NormLayer", "with_spatial_dims", "check_channels", "stats_dtype", "autocast_off",
            "check_norm_args", "init_affine", "reset_affine", "channel_affine",
-           "update_running_", "check_batch_values", "channel_matrix_forward", "running_affine"]
+           "update_running_", "check_batch_values", "channel_matrix_forward", "running_affine",
+           "BatchStatNorm"]
 
 
 class NormLayer(nn.Module):
@@ -229,3 +230,72 @@ def channel_matrix_forward(x: Tensor, num_features: int,
     with autocast_off(x):
         y = normalize(channel_matrix(x).to(stats_dtype(x)), x)
     return from_channel_matrix(y.to(x.dtype), x)
+
+
+class BatchStatNorm(NormLayer):
+    """Base of the batch-statistics layers with a running mean and a running dispersion
+    (:mod:`.dispersion_batch_norm`, :mod:`.batch_renorm`): their parameters, buffers, input
+    check and eval affine map.
+
+    ``_disp_buffer`` names the running dispersion buffer (``running_disp``, or
+    ``running_var`` for Batch Renorm), whose eval-mode std is given by ``_running_std``.
+    """
+
+    _disp_buffer = "running_disp"
+
+    def __init__(self, num_features: int, eps: float, momentum: float, affine: bool,
+                 scale: bool, spatial_dims: int | None, device, dtype) -> None:
+        super().__init__()
+        check_norm_args(num_features, eps, momentum, zero_eps=True)
+        if spatial_dims is not None and spatial_dims not in (0, 1, 2, 3):
+            raise ValueError(f"spatial_dims must be None or 0-3, got {spatial_dims}")
+        factory = {"device": device, "dtype": dtype}
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.scale = scale and affine
+        self.spatial_dims = spatial_dims
+        init_affine(self, num_features, affine, factory, scale=scale)
+        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+        self.register_buffer(self._disp_buffer, torch.ones(num_features, **factory))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long,
+                                                                 device=device))
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        self.running_mean.zero_()
+        getattr(self, self._disp_buffer).fill_(1.0)
+        self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        reset_affine(self)
+
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{type(self).__name__} expects a Tensor, got {type(x).__name__}")
+        if self.spatial_dims is None:
+            if x.dim() < 2:
+                raise ValueError(f"{type(self).__name__} expects (N, C, *) input, "
+                                 f"got shape {tuple(x.shape)}")
+        elif x.dim() != self.spatial_dims + 2:
+            raise ValueError(
+                f"{type(self).__name__} with spatial_dims={self.spatial_dims} expects "
+                f"{self.spatial_dims + 2}-D input, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__} expects {self.num_features} channels "
+                             f"(dim 1), got shape {tuple(x.shape)}")
+
+    def _running_std(self) -> Tensor:
+        """The eval-mode divisor (including eps)."""
+        return self.running_disp + self.eps
+
+    def eval_affine(self) -> tuple[Tensor, Tensor]:
+        """``(scale, shift)``, each ``(C,)``: the eval output is ``x * scale + shift``."""
+        return running_affine(1.0 / self._running_std(), self.running_mean, self.weight,
+                              self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, scale={self.scale}, spatial_dims={self.spatial_dims}")

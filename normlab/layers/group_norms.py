@@ -1,4 +1,4 @@
-"""Group, Layer and Instance Normalization with a channels-first constructor.
+"""Group, Layer (:class:`GroupNorm1`) and Instance Normalization, channels-first constructors.
 
 - Wu & He, "Group Normalization", 2018, arXiv:1803.08494.
 - Ba, Kiros & Hinton, "Layer Normalization", 2016, arXiv:1607.06450.
@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from .base import NormLayer, check_channels
 
-__all__ = ["GroupNorm", "LayerNorm", "InstanceNorm", "default_num_groups"]
+__all__ = ["GroupNorm", "GroupNorm1", "InstanceNorm", "default_num_groups"]
 
 MAX_GROUPS = 32
 
@@ -140,13 +140,16 @@ class GroupNorm(_GroupStandardize):
         super().__init__(num_features, num_groups, eps, affine, device, dtype)
 
 
-class LayerNorm(_GroupStandardize):
+class GroupNorm1(_GroupStandardize):
     r"""Layer Normalization (Ba et al. 2016): standardize each sample over C and all positions.
 
     .. math::
         y = \gamma_c \frac{x - \mu_n}{\sqrt{\sigma^2_n + \epsilon}} + \beta_c
 
-    Group norm with one group; the affine map is per channel.
+    Group norm with one group; the affine map is per channel. Named for what it is (timm's
+    ``GroupNorm1``, the same computation), not ``LayerNorm``: torch's ``nn.LayerNorm`` takes a
+    normalized shape of trailing dims with an elementwise affine, and timm's ``LayerNorm2d``
+    normalizes each position over C only.
 
     Args:
         num_features: C.
@@ -157,7 +160,7 @@ class LayerNorm(_GroupStandardize):
         ``(N, C, *spatial)`` in and out, zero or more spatial dims.
 
     Example:
-        >>> LayerNorm(100)(torch.randn(4, 100)).shape
+        >>> GroupNorm1(100)(torch.randn(4, 100)).shape
         torch.Size([4, 100])
     """
 
@@ -207,7 +210,7 @@ class InstanceNorm(_GroupStandardize):
         if math.prod(x.shape[2:]) < 2:
             raise ValueError(
                 f"InstanceNorm needs more than one spatial position per channel, got an input "
-                f"of shape {tuple(x.shape)}: a single element standardizes to 0. Use LayerNorm "
+                f"of shape {tuple(x.shape)}: a single element standardizes to 0. Use GroupNorm1 "
                 f"for (N, C) features (the instance_norm method does so)."
             )
 

@@ -4,7 +4,7 @@ Labatie, Masters, Eaton-Rosen & Luschi, "Proxy-Normalizing Activations to Match 
 Normalization while Removing Batch Dependence", 2021, arXiv:2106.03743.
 
 This module is the part of the paper's block that follows a batch-independent
-normalization (the ``proxy_norm`` method puts a :class:`~normlab.layers.group_norms.LayerNorm`
+normalization (the ``proxy_norm`` method puts a :class:`~normlab.layers.group_norms.GroupNorm1`
 or :class:`~normlab.layers.group_norms.GroupNorm` without affine map in front of it)::
 
     y     = phi(gamma_c * z + beta_c)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..layers.batch_norm import batch_norm
+from ..layers.torch_batch_norm import batch_norm
 from ..losses.standardization import STATS, StandardizationLoss
 from . import METHODS
 from .base import Method

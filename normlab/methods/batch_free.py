@@ -28,7 +28,7 @@ from torch import nn
 from ..functional.proxy_norm import DEFAULT_NUM_NODES
 from ..layers.base import with_spatial_dims
 from ..layers.frn import FilterResponseNorm
-from ..layers.group_norms import GroupNorm, InstanceNorm, LayerNorm, default_num_groups
+from ..layers.group_norms import GroupNorm, GroupNorm1, InstanceNorm, default_num_groups
 from ..layers.ic_layer import ICLayer
 from ..layers.proxy_norm import ProxyNormActivation
 from . import METHODS
@@ -89,7 +89,7 @@ class LayerNormMethod(_EpsOnlyNormMethod):
     paper = "Ba, Kiros & Hinton 2016, arXiv:1607.06450"
 
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
-        return with_spatial_dims(LayerNorm(num_features, eps=self.eps), spatial_dims)
+        return with_spatial_dims(GroupNorm1(num_features, eps=self.eps), spatial_dims)
 
 
 @METHODS.register("instance_norm")
@@ -108,7 +108,7 @@ class InstanceNormMethod(_EpsOnlyNormMethod):
     paper = "Ulyanov, Vedaldi & Lempitsky 2016, arXiv:1607.08022"
 
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
-        layer = LayerNorm if spatial_dims == 0 else InstanceNorm
+        layer = GroupNorm1 if spatial_dims == 0 else InstanceNorm
         return with_spatial_dims(layer(num_features, eps=self.eps), spatial_dims)
 
 
@@ -175,7 +175,7 @@ class ProxyNormMethod(Method):
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
         """The batch-independent normalization in front of the proxy-normalized activation."""
         if self.base_norm == "layer":
-            layer = LayerNorm(num_features, eps=self.eps, affine=False)
+            layer = GroupNorm1(num_features, eps=self.eps, affine=False)
         else:
             groups = self.num_groups or default_num_groups(num_features, spatial_dims)
             layer = GroupNorm(num_features, groups, eps=self.eps, affine=False)

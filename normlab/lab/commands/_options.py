@@ -10,7 +10,7 @@ from pathlib import Path
 from ...distributed import BACKENDS, STATS, DistributedConfig, torchrun_world
 from ...methods import Method, create_method, method_accepts
 from ..config import TrainConfig
-from ..data import Dataset, load_dataset
+from ..datasets import Dataset, load_dataset
 
 __all__ = ["add_config_args", "config_from_args", "methods_from_args", "dataset_from_args",
            "distributed_from_args"]

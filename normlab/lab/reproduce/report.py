@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import Dataset
+from ..datasets import Dataset
 from ..experiment import environment
 from ..report import json_safe
 from .runners import Outcome

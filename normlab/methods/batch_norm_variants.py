@@ -7,7 +7,7 @@
 - ``batch_renorm``: Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence in
   Batch-Normalized Models", 2017, arXiv:1702.03275.
 
-Each inserts its layer (:mod:`normlab.layers.batch_norms`) before every nonlinearity. The
+Each inserts its layer (:mod:`normlab.layers`) before every nonlinearity. The
 layers learn scale and shift by default, as in these papers; ``scale=False`` makes them
 shift-only like normlab's ``batch_norm``.
 """
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..layers.batch_norms import BatchRenorm, L1BatchNorm, LinfBatchNorm, RangeBatchNorm
+from ..layers.batch_renormalization import BatchRenorm
+from ..layers.dispersion_batch_norm import L1BatchNorm, LinfBatchNorm, RangeBatchNorm
 from . import METHODS
 from .base import Method
 
