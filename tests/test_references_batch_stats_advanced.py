@@ -22,6 +22,7 @@ import math
 import pytest
 import torch
 
+from normlab.layers import KalmanNorm
 from normlab.methods import create_method
 
 D = torch.float64
@@ -273,3 +274,8 @@ def test_decorrelated_bn_matches_iternorm_and_zca(iterations, reference):
     for got, want in [(y, yr), (xl.grad, xr.grad), (layer.weight.grad, w.grad),
                       (layer.bias.grad, b.grad)]:
         torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def test_kalman_skip_ratio_must_be_positive():
+    with pytest.raises(ValueError, match="skip_ratio"):
+        KalmanNorm(3, prev_features=2, skip_ratio=0.0)

@@ -22,8 +22,8 @@ quadrature (float64, cached):
 
 - Range: the output variance is exactly 1 on Gaussian data at every ``n >= 2``. The divisor
   is ``C(n) = (n E[(x - xbar)^2 / W^2])^(-1/2)`` rather than ``E[W] = R(n)``: with ``R(n)`` the
-  dispersion is unbiased but the output variance is ``R(n)^2 E[v / W^2] < 1`` (Jensen: 0.53
-  at n = 3, 0.84 at n = 8, 0.98 at n = 32, 1.01 at n = 400). ``E[v / W^2]`` follows from
+  dispersion is unbiased but the output variance is ``R(n)^2 E[v / W^2]`` (Jensen: 0.53
+  at n = 3, 0.84 at n = 8, 0.98 at n = 32, 1.02 at n = 400). ``E[v / W^2]`` follows from
   the independence of the sample's direction ``(x - xbar) / |x - xbar|`` and its norm
   (``|x - xbar|^2 ~ sigma^2 chi^2_(n-1)``): ``n E[v / W^2] = (n - 3) E[W^-2]`` for ``n >= 4``,
   with ``E[W^-2]`` a double integral over the range density; ``n = 2, 3`` have closed forms
@@ -39,7 +39,7 @@ quadrature (float64, cached):
   ``tests/test_references_batch_stats.py`` measures all three over ``n``.
 
 The papers' asymptotic
-constants (``correction="paper"``) do not: the range paper's ``C(n) = 1 / sqrt(2 ln n)`` times
+constants (``correction="paper"``) are far from unit variance: the range paper's ``C(n) = 1 / sqrt(2 ln n)`` times
 the range estimates ``2 sigma`` (``E[range] ~ 2 sigma sqrt(2 ln n)``), so the output variance
 is about 1/4 (and about 1/3 at ``n = 16384`` where the asymptote is 10% high); the L-inf
 constant ``0.5 (1 + sqrt(pi ln 4)) / sqrt(2 ln n)`` gives a top-10 dispersion of 1.28 sigma at
