@@ -134,8 +134,9 @@ def gaussian_range(n: int) -> float:
         raise ValueError(f"the range needs n >= 2 values, got n={n}")
     half, tail = _half_grid()
     x = np.concatenate([-half[::-1], [0.0], half])
-    cdf = np.concatenate([tail[::-1], [0.5], 1.0 - tail])
-    density = np.exp(math.log(n) + (n - 1) * np.log(cdf) - 0.5 * x * x
+    # log Phi: log1p(-tail) above 0, where 1 - tail would round away tails below 1e-16
+    log_cdf = np.concatenate([np.log(tail[::-1]), [math.log(0.5)], np.log1p(-tail)])
+    density = np.exp(math.log(n) + (n - 1) * log_cdf - 0.5 * x * x
                      - 0.5 * math.log(2.0 * math.pi))
     return 2.0 * float(_trapezoid(x * density, x))
 

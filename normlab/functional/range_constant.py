@@ -39,7 +39,11 @@ def gaussian_range_unit_variance(n: int) -> float:
         return 2.0
     if n == 3:  # W = sqrt(2) |x - xbar| cos(t), t uniform on [-pi/6, pi/6]
         return math.sqrt(math.sqrt(3.0) * math.pi)
-    h, lo, wmax = _RANGE_STEP, -12.0, 16.0
+    # The minimum lies near -sqrt(2 ln n), the range near twice that: integer bounds wide
+    # enough for both (so wmax / h stays even for Simpson's rule).
+    spread = math.sqrt(2.0 * math.log(n))
+    h = _RANGE_STEP
+    lo, wmax = -max(12.0, math.ceil(spread + 8.0)), max(16.0, 2.0 * math.ceil(spread + 4.0))
     t = lo + h * np.arange(int(round((wmax - 2.0 * lo) / h)) + 1)
     lower = 0.5 * np.array([math.erfc(-v / math.sqrt(2.0)) for v in t])  # Phi(t)
     upper = 0.5 * np.array([math.erfc(v / math.sqrt(2.0)) for v in t])   # 1 - Phi(t)
@@ -58,6 +62,6 @@ def gaussian_range_unit_variance(n: int) -> float:
         limit = np.exp(math.log(12.0) + 4.0 * log_phi[: i.shape[0]])
         at_zero = h * (limit.sum() - 0.5 * (limit[0] + limit[-1]))
     simpson = np.where(np.arange(1, inner.shape[0] + 1) % 2 == 1, 4.0, 2.0)
-    simpson[-1] = 1.0  # an even number of steps: wmax / h = 640
+    simpson[-1] = 1.0  # wmax / h is even
     inv_sq = h / 3.0 * (at_zero + (simpson * inner).sum())
     return math.sqrt(n / ((n - 3) * inv_sq))
