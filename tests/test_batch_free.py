@@ -197,12 +197,17 @@ def test_proxy_moments_relu_closed_form(gamma, beta):
     b = torch.tensor([beta], dtype=torch.float64, requires_grad=True)
     mean, var = proxy_moments(nn.ReLU(), g, b, nodes, weights)
     m_ref, v_ref, cdf = relu_gauss_moments(gamma, beta)
-    assert mean.item() == pytest.approx(m_ref, abs=1e-4)
-    assert var.item() == pytest.approx(v_ref, abs=1e-4, rel=1e-3)
+    assert mean.item() == pytest.approx(m_ref, rel=1e-12, abs=1e-14)
+    assert var.item() == pytest.approx(v_ref, rel=1e-12, abs=1e-14)
     mean.sum().backward()
-    # d E[relu]/d beta = Phi(beta/|gamma|); the rule's derivative is a step function of the
-    # kink's position, off by at most one node weight, h * phi(0) = 0.0125 (documented)
-    assert b.grad.item() == pytest.approx(cdf, abs=0.0125)
+    # d E[relu]/d beta = Phi(beta/|gamma|), d/d gamma = sign(gamma) phi(beta/|gamma|): exact
+    # with the closed form (a quadrature's derivative moves in steps as the kink crosses a
+    # node: the 513-node rule was up to 1.6% off here)
+    t = beta / abs(gamma)
+    assert b.grad.item() == pytest.approx(cdf, rel=1e-12, abs=1e-14)
+    assert g.grad.item() == pytest.approx(
+        math.copysign(math.exp(-t * t / 2) / math.sqrt(2 * math.pi), gamma), rel=1e-12,
+        abs=1e-14)
 
 
 def test_proxy_moments_sigmoid_against_gauss_hermite():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import math
 
+import gaussian_references as G
 import numpy as np
 import pytest
 import torch
@@ -29,7 +30,8 @@ def _channels(x: torch.Tensor) -> list[np.ndarray]:
 
 
 def ref_dispersion(x, kind, k=None, correction="exact"):
-    """Per-channel (mean, dispersion) by a python loop over channels, in numpy float64."""
+    """Per-channel (mean, dispersion) by a python loop over channels, in numpy float64; the
+    Gaussian constants come from :mod:`gaussian_references`, not from normlab."""
     means, disps = [], []
     for v in _channels(x):
         n = v.size
@@ -41,11 +43,11 @@ def ref_dispersion(x, kind, k=None, correction="exact"):
             kk = min(k, n)
             top = sorted(dev, reverse=True)[:kk]
             m = sum(top) / kk
-            d = (m / F.gaussian_topk_abs_mean(n, kk) if correction == "exact" else
+            d = (m / G.topk_abs_mean(n, kk) if correction == "exact" else
                  m * 0.5 * (1 + math.sqrt(math.pi * math.log(4))) / math.sqrt(2 * math.log(n)))
         else:
             rng = max(v) - min(v)
-            d = rng / (F.gaussian_range(n) if correction == "exact"
+            d = rng / (G.range_unit_variance(n) if correction == "exact"
                        else math.sqrt(2 * math.log(n)))
         means.append(mu)
         disps.append(d)
@@ -102,6 +104,9 @@ def test_functional_matches_naive_reference(shape, kind, fn, kw):
     np.testing.assert_allclose(y.numpy(), ref_normalize(x, mean, disp, w.numpy(), b.numpy(), 1e-3),
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(rm.numpy(), 0.25 * mean, rtol=1e-5)
+    n = x.numel() // 3
+    if kind == "range" and kw.get("correction", "exact") == "exact":  # W / R(n) is averaged
+        disp = disp * G.range_unit_variance(n) / G.expected_range(n)
     np.testing.assert_allclose(rd.numpy(), 0.75 + 0.25 * disp, rtol=1e-5)
     # eval: the running statistics, not the batch's
     y_eval = fn(x, rm, rd, w, b, training=False, eps=1e-3, **kw)
@@ -309,6 +314,8 @@ def test_running_stats_update_and_train_eval_switch(cls):
     x = torch.randn(16, 3, 3, 3) * 2 + 1
     kind = {L1BatchNorm: "l1", LinfBatchNorm: "linf", RangeBatchNorm: "range"}[cls]
     mean, disp = ref_dispersion(x, kind, k=10)
+    if kind == "range":  # the running dispersion averages W / R(n), an estimate of sigma
+        disp = disp * G.range_unit_variance(16 * 9) / G.expected_range(16 * 9)
     y_train = layer(x)
     np.testing.assert_allclose(layer.running_mean.numpy(), 0.2 * mean, rtol=1e-5)
     np.testing.assert_allclose(layer.running_disp.numpy(), 0.8 + 0.2 * disp, rtol=1e-5)

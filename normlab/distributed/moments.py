@@ -31,7 +31,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..functional.dispersion_autograd import L1_CONSTANT, TOPK_PAPER_CONSTANT
-from ..functional.dispersion_batch_norm import CORRECTIONS, gaussian_range, gaussian_topk_abs_mean
+from ..functional.dispersion_batch_norm import CORRECTIONS, gaussian_topk_abs_mean
+from ..functional.range_constant import gaussian_range_unit_variance
 from ..functional.standardization import DEFAULT_EPS, reduction_dims
 from .collectives import all_gather_cat, all_reduce_max, all_reduce_sum
 
@@ -141,7 +142,8 @@ def global_linf_moments(x: Tensor, k: int = 10, correction: str = "exact",
 
 def global_range_moments(x: Tensor, correction: str = "exact",
                          group: dist.ProcessGroup | None = None) -> tuple[Tensor, Tensor, int]:
-    """Global mean and range dispersion ``(max - min) / R(n)`` per channel (dim 1), and n."""
+    """Global mean and range dispersion ``(max - min) / C(n)`` per channel (dim 1), and n
+    (``C(n)``: :func:`normlab.functional.range_constant.gaussian_range_unit_variance`)."""
     if correction not in CORRECTIONS:
         raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
     mean, _, n = _global_mean(x, "global_range_moments", group)
@@ -149,7 +151,8 @@ def global_range_moments(x: Tensor, correction: str = "exact",
     x = _stats_input(x)
     spread = (all_reduce_max(x.amax(dim=dims), group)
               + all_reduce_max(-x.amin(dim=dims), group))
-    scale = gaussian_range(n) if correction == "exact" else math.sqrt(2.0 * math.log(n))
+    scale = (gaussian_range_unit_variance(n) if correction == "exact"
+             else math.sqrt(2.0 * math.log(n)))
     return mean, spread / scale, n
 
 

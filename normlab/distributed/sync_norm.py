@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..functional.dispersion_batch_norm import dispersion_normalize
+from ..functional.dispersion_batch_norm import dispersion_normalize, range_running_factor
 from ..layers.batch_renormalization import BatchRenorm
 from ..layers.dispersion_batch_norm import L1BatchNorm, LinfBatchNorm, RangeBatchNorm
 from .moments import (global_l1_moments, global_linf_moments, global_mean_var,
@@ -105,15 +105,20 @@ class _SyncDispersion(_Synced):
     def _global_moments(self, x: Tensor) -> tuple[Tensor, Tensor, int]:
         raise NotImplementedError
 
+    def _running_factor(self, n: int) -> float:
+        """What the batch dispersion is scaled by in the running one (Range BN's)."""
+        return 1.0
+
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return super().forward(x)
         self._check_input(x)
         self.num_batches_tracked.add_(1)
-        mean, disp, _ = self._global_moments(x)
+        mean, disp, n = self._global_moments(x)
         with torch.no_grad():
             self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
-            self.running_disp.lerp_(disp.detach().to(self.running_disp.dtype), self.momentum)
+            running = disp.detach() * self._running_factor(n)
+            self.running_disp.lerp_(running.to(self.running_disp.dtype), self.momentum)
         return dispersion_normalize(x, mean, disp, self.weight, self.bias, self.eps).to(x.dtype)
 
 
@@ -135,10 +140,13 @@ class SyncLinfBatchNorm(_SyncDispersion, LinfBatchNorm):
 
 class SyncRangeBatchNorm(_SyncDispersion, RangeBatchNorm):
     """:class:`~normlab.layers.dispersion_batch_norm.RangeBatchNorm` with the global batch's range
-    and ``R(n)`` for the global ``n``."""
+    and ``C(n)`` for the global ``n``."""
 
     def _global_moments(self, x: Tensor) -> tuple[Tensor, Tensor, int]:
         return global_range_moments(x, self.correction, self.process_group)
+
+    def _running_factor(self, n: int) -> float:
+        return range_running_factor(n, self.correction)
 
 
 class SyncBatchRenorm(_Synced, BatchRenorm):

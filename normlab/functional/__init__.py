@@ -11,7 +11,9 @@ from .dispersion_batch_norm import (
     linf_moments,
     range_batch_norm,
     range_moments,
+    range_running_factor,
 )
+from .range_constant import gaussian_range_unit_variance
 from .frn import filter_response_norm, filter_response_norm_tlu, frn_fusable, tlu
 from .proxy_norm import gaussian_grid, proxy_moments, proxy_norm
 from .standardization import (
@@ -24,6 +26,7 @@ __all__ = [
     "set_implementation", "implementation",
     "l1_batch_norm", "linf_batch_norm", "range_batch_norm", "batch_renorm",
     "l1_moments", "linf_moments", "range_moments", "dispersion_normalize", "renorm_limits",
-    "gaussian_topk_abs_mean", "gaussian_range",
+    "gaussian_topk_abs_mean", "gaussian_range", "gaussian_range_unit_variance",
+    "range_running_factor",
     "filter_response_norm", "filter_response_norm_tlu", "frn_fusable", "tlu", "gaussian_grid", "proxy_moments", "proxy_norm",
 ]

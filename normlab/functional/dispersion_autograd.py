@@ -149,7 +149,7 @@ def fused_dispersion_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor |
         kind: ``"l1"``, ``"linf"`` (top-k) or ``"range"``.
         eps: added to the dispersion.
         constant: ``sqrt(pi / 2)`` (L1), the top-k mean of a standard normal sample (top-k;
-            the dispersion is the top-k mean divided by it) or the expected range (range).
+            the dispersion is the top-k mean divided by it) or the range divisor (range).
         k: the top-k count, ``<= n``.
 
     Returns:

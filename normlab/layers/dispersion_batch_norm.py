@@ -108,9 +108,10 @@ class LinfBatchNorm(_DispersionBatchNorm):
 class RangeBatchNorm(_DispersionBatchNorm):
     """Range batch norm (Banner et al. 2018): the std replaced by a scaled range.
 
-    ``y = (x - mu) / ((max - min) / R(n) + eps) * gamma + beta`` where ``R(n)`` is the expected
-    range of ``n`` standard normals (see
-    :func:`normlab.functional.dispersion_batch_norm.range_moments`).
+    ``y = (x - mu) / ((max - min) / C(n) + eps) * gamma + beta`` where ``C(n)`` gives unit
+    output variance on Gaussian data at every ``n`` (close to the expected range ``R(n)`` of
+    ``n`` standard normals; see :mod:`normlab.functional.dispersion_batch_norm`). The running
+    dispersion averages ``(max - min) / R(n)``, an unbiased estimate of sigma.
 
     Args:
         num_features, eps, momentum, affine, scale, spatial_dims: as :class:`L1BatchNorm`.

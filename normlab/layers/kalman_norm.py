@@ -29,6 +29,13 @@ transition is learned from the task loss. ``var_pred`` is the diagonal of
 ``A Sigma A^T + R`` for independent channels. Gradients flow through the previous layer's
 posterior, as in the paper's computation graph.
 
+Fusion is skipped when the prediction is far less certain than the batch: when the
+predicted variance is on average at least ``skip_ratio`` (100) times the batch variance,
+``mean_c(var_pred / (S + eps)) >= skip_ratio``, the layer normalizes with its batch
+statistics alone, as its authors' released code does with the same threshold (a transition
+that has not learned the scale yet would otherwise inflate ``Sigma_k`` and shrink the
+output towards 0). ``skip_ratio=None`` always fuses.
+
 The gain ``p`` (weight of the current batch) defaults to 0.9: mostly the batch, one tenth the
 prediction. The authors' CIFAR micro-batch code weights the prediction by 0.9 instead, with a
 transition tied to the true weights; with a learned transition we keep the batch dominant.
@@ -105,6 +112,8 @@ class KalmanNorm(NormLayer):
         affine: learn ``weight`` (init 1) and ``bias`` (init 0).
         gain: ``p`` in ``[0, 1]``, the weight of the current batch's statistics.
         prev_features: channels of the previous Kalman layer, ``None`` for a chain's first.
+        skip_ratio: fuse only while ``mean(var_pred / (S + eps)) < skip_ratio`` (see the module
+            docstring); ``None`` always fuses.
 
     Shape:
         Input ``(N, C, *)``; output alike.
@@ -124,6 +133,7 @@ class KalmanNorm(NormLayer):
         affine: bool = True,
         gain: float = 0.9,
         prev_features: int | None = None,
+        skip_ratio: float | None = 100.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -135,6 +145,9 @@ class KalmanNorm(NormLayer):
                              f"{prev_features!r}")
         if not 0.0 <= gain <= 1.0:
             raise ValueError(f"gain must be in [0, 1], got {gain}")
+        if skip_ratio is not None and not skip_ratio > 0:
+            raise ValueError(f"skip_ratio must be > 0 or None, got {skip_ratio}")
+        self.skip_ratio = skip_ratio
         factory = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.eps = eps
@@ -220,6 +233,8 @@ class KalmanNorm(NormLayer):
             dev = xm - batch_mean[:, None]
             batch_var = (dev * dev).mean(dim=1)
             prior = None if self.prev_features is None else self._prior(dtype)
+            if prior is not None and self._prediction_too_uncertain(prior[1], batch_var):
+                prior = None
             if prior is None:
                 mean, var = batch_mean, batch_var
                 unbiased = batch_var.detach() * (m / (m - 1))
@@ -235,6 +250,13 @@ class KalmanNorm(NormLayer):
         self.last_mean, self.last_var, self._fresh = mean, var, True
         y = (xm - mean[:, None]) / (var[:, None] + self.eps).sqrt()
         return channel_affine(y, self.weight, self.bias)
+
+    def _prediction_too_uncertain(self, pred_var: Tensor, batch_var: Tensor) -> bool:
+        """Whether the predicted variance is ``skip_ratio`` times the batch's, on average."""
+        if self.skip_ratio is None:
+            return False
+        ratio = (pred_var.detach() / (batch_var.detach() + self.eps)).mean()
+        return bool(ratio >= self.skip_ratio)
 
     def eval_affine(self) -> tuple[Tensor, Tensor]:
         scale = (self.running_var + self.eps).rsqrt()
@@ -253,4 +275,5 @@ class KalmanNorm(NormLayer):
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, gain={self.gain}, prev_features={self.prev_features}")
+                f"affine={self.affine}, gain={self.gain}, prev_features={self.prev_features}, "
+                f"skip_ratio={self.skip_ratio}")

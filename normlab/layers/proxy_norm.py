@@ -11,9 +11,9 @@ or :class:`~normlab.layers.group_norms.GroupNorm` without affine map in front of
     y_hat = (y - E[phi(gamma_c Z + beta_c)]) / sqrt(Var[phi(gamma_c Z + beta_c)] + eps)
     out   = gamma'_c * y_hat + beta'_c                         Z ~ N(0, 1)
 
-The proxy moments come from a fixed Gaussian-weighted trapezoid rule (see
-:mod:`normlab.functional.proxy_norm` for why not Gauss-Hermite), are exact functions of
-``gamma``, ``beta`` and differentiable in them, and involve no other sample. normlab fixes
+The proxy moments are closed forms for ReLU, leaky ReLU and hardtanh (ReLU6) and a fixed
+Gaussian-weighted trapezoid rule otherwise (see :mod:`normlab.functional.proxy_norm`), are
+functions of ``gamma``, ``beta`` only and differentiable in them, and involve no other sample. normlab fixes
 the proxy at ``N(0, 1)`` (what a standardized pre-activation would be) and ends with a second
 per-channel affine map ``(gamma', beta')`` so the next layer sees a learnable scale and
 shift, as it would after BatchNorm's affine map.
@@ -44,7 +44,8 @@ class ProxyNormActivation(NormLayer):
         num_features: C.
         activation: the elementwise nonlinearity (an ``nn.Module``, e.g. ``nn.ReLU()``).
         eps: added to the proxy variance.
-        num_nodes: nodes of the quadrature rule for the proxy moments.
+        num_nodes: nodes of the quadrature rule for the proxy moments (activations without a
+            closed form).
         out_affine: learn the second affine map ``(gamma', beta')`` (init 1, 0).
 
     Shape:
