@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_count, check_eps
 from ..functional.frn import filter_response_norm_tlu
 from .base import NormLayer, check_channels
 
@@ -61,10 +62,8 @@ class FilterResponseNorm(NormLayer):
                  device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
+        check_count(num_features, "num_features")
+        check_eps(eps)
         self.num_features = num_features
         self.eps = eps
         self.learnable_eps = learnable_eps

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_count, check_eps
 from ..functional.proxy_norm import DEFAULT_NUM_NODES, gaussian_grid, proxy_moments, proxy_norm
 from .base import NormLayer, check_channels
 
@@ -64,12 +65,10 @@ class ProxyNormActivation(NormLayer):
                  device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        check_count(num_features, "num_features")
         if not isinstance(activation, nn.Module):
             raise TypeError(f"activation must be an nn.Module, got {type(activation).__name__}")
-        if not eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
+        check_eps(eps, zero_ok=True)
         self.num_features = num_features
         self.activation = activation
         self.eps = eps
