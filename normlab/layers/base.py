@@ -23,7 +23,7 @@ from ..checks import check_count, check_eps, check_momentum
 from ..functional.whitening import channel_matrix, from_channel_matrix
 
 __all__ = ["NormLayer", "with_spatial_dims", "check_channels", "stats_dtype", "autocast_off",
-           "check_norm_args", "init_affine", "reset_affine", "channel_affine",
+           "check_norm_args", "channel_parameters", "init_affine", "reset_affine", "channel_affine",
            "update_running_", "check_batch_values", "channel_matrix_forward", "running_affine",
            "RunningStatsNorm", "ChannelMatrixNorm", "BatchStatNorm"]
 
@@ -143,6 +143,24 @@ def check_norm_args(num_features: int, eps: float, momentum: float, *,
     check_momentum(momentum)
 
 
+def channel_parameters(module: nn.Module, num_features: int, factory: Mapping[str, object],
+                       **wanted: bool) -> None:
+    """Give ``module`` an uninitialized ``(num_features,)`` parameter for each name in
+    ``wanted`` whose flag is true, and register ``None`` under the others (as torch's
+    BatchNorm does for a missing affine map, so ``state_dict`` and surgery see the same
+    names). Registered in the order given.
+
+    Args:
+        factory: ``{"device": ..., "dtype": ...}`` for the new tensors.
+        wanted: parameter name -> whether the layer has it (e.g. ``tau=tlu``).
+    """
+    for name, flag in wanted.items():
+        if flag:
+            setattr(module, name, nn.Parameter(torch.empty(num_features, **factory)))
+        else:
+            module.register_parameter(name, None)
+
+
 def init_affine(module: nn.Module, num_features: int, affine: bool,
                 factory: Mapping[str, object], *, scale: bool = True) -> None:
     """Give ``module`` its per-channel ``weight`` (when ``affine and scale``) and ``bias``
@@ -154,11 +172,7 @@ def init_affine(module: nn.Module, num_features: int, affine: bool,
         factory: ``{"device": ..., "dtype": ...}`` for the new tensors.
         scale: ``False`` for a shift-only layer (no ``weight`` even when ``affine``).
     """
-    for name, wanted in (("weight", affine and scale), ("bias", affine)):
-        if wanted:
-            setattr(module, name, nn.Parameter(torch.empty(num_features, **factory)))
-        else:
-            module.register_parameter(name, None)
+    channel_parameters(module, num_features, factory, weight=affine and scale, bias=affine)
 
 
 def reset_affine(module: nn.Module) -> None:

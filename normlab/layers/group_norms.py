@@ -38,10 +38,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..checks import check_count, check_eps
-from .base import NormLayer, check_channels
+from .base import NormLayer, check_channels, init_affine, reset_affine
 
 __all__ = ["GroupNorm", "GroupNorm1", "InstanceNorm", "default_num_groups"]
 
@@ -84,19 +84,11 @@ class _GroupStandardize(NormLayer):
         self.num_groups = num_groups
         self.eps = eps
         self.affine = affine
-        if affine:
-            kw = {"device": device, "dtype": dtype}
-            self.weight = nn.Parameter(torch.empty(num_features, **kw))
-            self.bias = nn.Parameter(torch.empty(num_features, **kw))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        init_affine(self, num_features, affine, {"device": device, "dtype": dtype})
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def _check(self, x: Tensor) -> None:
         check_channels(x, self.num_features, type(self).__name__)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..checks import check_count, check_eps
 from ..functional.proxy_norm import DEFAULT_NUM_NODES, gaussian_grid, proxy_moments, proxy_norm
-from .base import NormLayer, check_channels
+from .base import NormLayer, channel_parameters, check_channels, reset_affine
 
 __all__ = ["ProxyNormActivation"]
 
@@ -74,15 +74,8 @@ class ProxyNormActivation(NormLayer):
         self.eps = eps
         self.num_nodes = num_nodes
         self.out_affine = out_affine
-        kw = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(num_features, **kw))
-        self.bias = nn.Parameter(torch.empty(num_features, **kw))
-        if out_affine:
-            self.out_weight = nn.Parameter(torch.empty(num_features, **kw))
-            self.out_bias = nn.Parameter(torch.empty(num_features, **kw))
-        else:
-            self.register_parameter("out_weight", None)
-            self.register_parameter("out_bias", None)
+        channel_parameters(self, num_features, {"device": device, "dtype": dtype},
+                           weight=True, bias=True, out_weight=out_affine, out_bias=out_affine)
         nodes, weights = gaussian_grid(num_nodes, dtype=dtype, device=device)
         # Derived from num_nodes, so not saved: checkpoints stay small and rule-independent.
         self.register_buffer("nodes", nodes, persistent=False)
@@ -90,8 +83,7 @@ class ProxyNormActivation(NormLayer):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.ones_(self.weight)
-        nn.init.zeros_(self.bias)
+        reset_affine(self)
         if self.out_affine:
             nn.init.ones_(self.out_weight)
             nn.init.zeros_(self.out_bias)
