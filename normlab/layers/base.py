@@ -23,9 +23,9 @@ from ..checks import check_count, check_eps, check_momentum
 from ..functional.whitening import channel_matrix, from_channel_matrix
 
 __all__ = ["NormLayer", "with_spatial_dims", "check_channels", "stats_dtype", "autocast_off",
-           "check_norm_args", "channel_parameters", "init_affine", "reset_affine", "channel_affine",
-           "update_running_", "check_batch_values", "channel_matrix_forward", "running_affine",
-           "RunningStatsNorm", "ChannelMatrixNorm", "BatchStatNorm"]
+           "check_norm_args", "channel_parameters", "init_affine", "reset_affine",
+           "channel_affine", "update_running_", "check_batch_values", "channel_matrix_forward",
+           "running_affine", "RunningStatsNorm", "ChannelMatrixNorm", "BatchStatNorm"]
 
 
 class NormLayer(nn.Module):
