@@ -38,9 +38,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .base import NormLayer, check_channels
+from ..checks import check_count, check_eps
+from .base import NormLayer, check_channels, init_affine, reset_affine
 
 __all__ = ["GroupNorm", "GroupNorm1", "InstanceNorm", "default_num_groups"]
 
@@ -72,32 +73,22 @@ class _GroupStandardize(NormLayer):
     def __init__(self, num_features: int, num_groups: int, eps: float, affine: bool,
                  device: torch.device | str | None, dtype: torch.dtype | None) -> None:
         super().__init__()
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        check_count(num_features, "num_features")
         if not isinstance(num_groups, int) or num_groups < 1 or num_features % num_groups:
             raise ValueError(
                 f"num_groups={num_groups!r} must be a positive int dividing "
                 f"num_features={num_features}"
             )
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
+        check_eps(eps)
         self.num_features = num_features
         self.num_groups = num_groups
         self.eps = eps
         self.affine = affine
-        if affine:
-            kw = {"device": device, "dtype": dtype}
-            self.weight = nn.Parameter(torch.empty(num_features, **kw))
-            self.bias = nn.Parameter(torch.empty(num_features, **kw))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        init_affine(self, num_features, affine, {"device": device, "dtype": dtype})
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def _check(self, x: Tensor) -> None:
         check_channels(x, self.num_features, type(self).__name__)

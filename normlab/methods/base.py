@@ -32,7 +32,7 @@ from typing import ClassVar, Protocol
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-__all__ = ["Method", "AuxiliaryLoss", "KINDS"]
+__all__ = ["Method", "BatchStatsMethod", "AuxiliaryLoss", "KINDS"]
 
 KINDS = ("none", "layer", "loss", "gradient", "weight")
 
@@ -146,3 +146,19 @@ class Method:
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({opts})"
+
+
+class BatchStatsMethod(Method):
+    """Base of the layer methods that normalize with batch statistics in training and with
+    running averages in eval, with a learned shift: BatchNorm and its variants.
+
+    Their eval map is per-channel affine, so deployment folds each layer into the weight
+    layer before it (``folds``) and the deployed model costs what the bare network costs;
+    the learned shift makes that weight layer's bias redundant (``conv_bias = False``).
+    """
+
+    kind = "layer"
+    batch_dependent = True
+    inference = "folded into the weights"
+    conv_bias = False
+    folds = True

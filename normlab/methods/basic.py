@@ -15,7 +15,7 @@ from torch import nn
 from ..layers.torch_batch_norm import batch_norm
 from ..losses.standardization import STATS, StandardizationLoss
 from . import METHODS
-from .base import Method
+from .base import BatchStatsMethod, Method
 
 
 @METHODS.register("none")
@@ -28,7 +28,7 @@ class NoNorm(Method):
 
 
 @METHODS.register("batch_norm")
-class BatchNormMethod(Method):
+class BatchNormMethod(BatchStatsMethod):
     """Batch Normalization before each nonlinearity.
 
     Args:
@@ -36,12 +36,7 @@ class BatchNormMethod(Method):
         momentum, eps: as in ``torch.nn.BatchNorm2d``.
     """
 
-    kind = "layer"
     paper = "Ioffe & Szegedy 2015, arXiv:1502.03167"
-    batch_dependent = True
-    inference = "folded into the weights"
-    conv_bias = False
-    folds = True  # eval BN is per-channel affine: deployment costs what the bare net costs
 
     def __init__(self, scale: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> None:
         self.scale = scale

@@ -19,19 +19,11 @@ from torch import nn
 from ..layers.batch_renormalization import BatchRenorm
 from ..layers.dispersion_batch_norm import L1BatchNorm, LinfBatchNorm, RangeBatchNorm
 from . import METHODS
-from .base import Method
+from .base import BatchStatsMethod
 
 
-class _BatchStatMethod(Method):
-    """Shared attributes and options of the methods in this file."""
-
-    kind = "layer"
-    batch_dependent = True
-    inference = "folded into the weights"
-    conv_bias = False
-    # Each layer's eval map is per-channel affine (running statistics): deployment folds it
-    # into the weight layer before it, so it costs what the bare network costs.
-    folds = True
+class _BatchStatMethod(BatchStatsMethod):
+    """Shared options of the methods in this file."""
 
     def __init__(self, scale: bool = True, momentum: float = 0.1, eps: float = 1e-5) -> None:
         self.scale = scale

@@ -13,6 +13,7 @@ from __future__ import annotations
 from torch import nn
 from torch.optim import Optimizer
 
+from ..checks import check_eps, check_momentum
 from ..optim.bnp import BNP
 from . import METHODS
 from .base import Method
@@ -37,10 +38,8 @@ class BNPMethod(Method):
 
     def __init__(self, momentum: float = 0.01, eps: float = 1e-3, skip_first: bool = False,
                  skip_last: bool = False) -> None:
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        if not eps >= 0.0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
+        check_momentum(momentum)
+        check_eps(eps, zero_ok=True)
         self.momentum = momentum
         self.eps = eps
         self.skip_first = skip_first

@@ -67,6 +67,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ..checks import check_eps, check_momentum
 from ..nn_types import WEIGHT_LAYERS as BNP_LAYERS
 from .wrapper import OptimizerWrapper
 
@@ -195,10 +196,8 @@ class BNP(OptimizerWrapper):
                             f"{type(optimizer).__name__}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        if not eps >= 0.0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
+        check_momentum(momentum)
+        check_eps(eps, zero_ok=True)
         super().__init__(optimizer)
         self.momentum = float(momentum)
         self.eps = float(eps)
