@@ -39,6 +39,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..layers.base import NormLayer
+from .channels import ChannelsLast
 
 __all__ = ["NORM_TYPES", "is_norm_layer", "norm_features", "norm_spatial_dims",
            "channels_last"]
@@ -71,7 +72,10 @@ def is_norm_layer(module: object) -> bool:
 
 def channels_last(layer: nn.Module) -> bool:
     """Whether ``layer`` normalizes the last dim of any-rank input (``LayerNorm(C)``,
-    ``RMSNorm(C)``): its channels are on the last dim, not on dim 1."""
+    ``RMSNorm(C)``, a :class:`~normlab.surgery.channels.ChannelsLast` replacement of one):
+    its channels are on the last dim, not on dim 1."""
+    if isinstance(layer, ChannelsLast):
+        return True
     if not isinstance(layer, (nn.LayerNorm, nn.RMSNorm)):
         return False
     shape = layer.normalized_shape

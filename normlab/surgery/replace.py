@@ -196,7 +196,8 @@ def _new_norm(built: Method, name: str, layer: nn.Module, spatial_dims: SpatialD
     new = built.norm(features, dims) if activation is None \
         else built.block(features, dims, activation)
     inner = norm_layers(new)
-    carried = _carry_state(layer, inner[0][1]) if inner else ()
+    source = layer.norm if isinstance(layer, ChannelsLast) else layer
+    carried = _carry_state(source, inner[0][1]) if inner else ()
     if rows:
         new = to_rows(new, features)
     return _like(layer, new), carried
