@@ -18,26 +18,13 @@ from normlab.layers.base import with_spatial_dims
 from normlab.methods import create_method
 from normlab.surgery import is_norm_layer, remove_norm, replace_norm
 
+from surgery_helpers import copy_weights
+
 IMAGE = (1, 12, 12)
-WEIGHTS = (nn.Conv2d, nn.Linear)
 
 
 def build(arch: str, method: str) -> nn.Module:
     return build_model(arch, create_method(method), IMAGE, 10)
-
-
-def copy_weights(src: nn.Module, dst: nn.Module) -> nn.Module:
-    """Copy the Conv/Linear weights of ``src`` into ``dst`` in order; a bias ``src`` lacks
-    is zeroed in ``dst`` (the two models then compute the same weight layers)."""
-    a = [m for m in src.modules() if isinstance(m, WEIGHTS)]
-    b = [m for m in dst.modules() if isinstance(m, WEIGHTS)]
-    assert len(a) == len(b)
-    with torch.no_grad():
-        for s, d in zip(a, b):
-            d.weight.copy_(s.weight)
-            if d.bias is not None:
-                d.bias.copy_(s.bias if s.bias is not None else torch.zeros_like(d.bias))
-    return dst
 
 
 def count(model: nn.Module, kind: type) -> int:

@@ -18,22 +18,10 @@ from normlab.layers import NormLayer
 from normlab.methods import METHODS, create_method
 from normlab.surgery import ChannelsLast, insert_norm, is_norm_layer
 
+from surgery_helpers import copy_weights
+
 IMAGE = (1, 12, 12)
 LAYER_METHODS = [n for n in METHODS if create_method(n).kind == "layer"]
-
-
-def copy_weights(src: nn.Module, dst: nn.Module) -> nn.Module:
-    """Copy the Conv/Linear weights of ``src`` into ``dst`` in order; a bias ``src`` lacks is
-    zeroed in ``dst``."""
-    a = [m for m in src.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    b = [m for m in dst.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    assert len(a) == len(b)
-    with torch.no_grad():
-        for s, d in zip(a, b):
-            d.weight.copy_(s.weight)
-            if d.bias is not None:
-                d.bias.copy_(s.bias if s.bias is not None else torch.zeros_like(d.bias))
-    return dst
 
 
 def batch(n: int = 8) -> torch.Tensor:

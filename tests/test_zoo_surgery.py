@@ -50,6 +50,18 @@ def trained_stats(model, entry, steps: int = 3):
     return model.eval()
 
 
+def fold_and_compare(model, entry) -> list:
+    """Fold ``model`` (eval mode); its eval output must stay within 1e-5 relative. Returns
+    the report."""
+    x, _ = make_batch(entry, 4, seed=1)
+    report: list = []
+    folded = fold_batch_norm(model, report=report)
+    with torch.no_grad():
+        ref = model(x)
+        assert ((folded(x) - ref).abs().max() / ref.abs().max()).item() < 1e-5
+    return report
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_remove_norm_trains(name):
     entry = ZOO[name]
@@ -97,12 +109,7 @@ def test_replace_norm_works_or_says_why(name, method):
 def test_fold_batch_norm_keeps_eval_outputs(name):
     entry = ZOO[name]
     model = trained_stats(entry.build(), entry)
-    x, _ = make_batch(entry, 4, seed=1)
-    report: list = []
-    folded = fold_batch_norm(model, report=report)
-    with torch.no_grad():
-        ref = model(x)
-        assert ((folded(x) - ref).abs().max() / ref.abs().max()).item() < 1e-5
+    report = fold_and_compare(model, entry)
     actions = {r.action for r in report}
     if not entry.has_norm:
         assert report == []
@@ -117,12 +124,7 @@ def test_fold_batch_norm_keeps_eval_outputs(name):
 def test_fold_after_replacing_with_each_folding_method(name, method):
     entry = ZOO[name]
     model = trained_stats(replace_norm(entry.build(), method), entry)
-    x, _ = make_batch(entry, 4, seed=1)
-    report: list = []
-    folded = fold_batch_norm(model, report=report)
-    with torch.no_grad():
-        ref = model(x)
-        assert ((folded(x) - ref).abs().max() / ref.abs().max()).item() < 1e-5
+    report = fold_and_compare(model, entry)
     if entry.norm_types == (torch.nn.BatchNorm2d,):
         assert {r.action for r in report} == {"folded"}
     else:  # pre-norm transformers: every norm reads a residual sum, not a weight layer
