@@ -25,7 +25,7 @@ from .functional import standardization_loss
 from .losses import StandardizationLoss
 from .methods import METHODS, Method, create_method
 from .optim import AGC, BNP
-from .surgery import fold_batch_norm, remove_norm, replace_norm
+from .surgery import fold_batch_norm, insert_norm, remove_norm, replace_norm
 
 __version__ = "0.1.0"
 
@@ -33,6 +33,7 @@ __all__ = [
     "functional", "standardization_loss", "StandardizationLoss",
     "METHODS", "Method", "create_method",
     "AGC", "BNP",
-    "fold_batch_norm", "remove_norm", "replace_norm", "sync_norm", "revert_sync_norm",
+    "fold_batch_norm", "insert_norm", "remove_norm", "replace_norm", "sync_norm",
+    "revert_sync_norm",
     "__version__",
 ]

@@ -13,7 +13,7 @@ from normlab.lab.models import build_model
 from normlab.layers.base import NormLayer
 from normlab.methods import create_method
 from normlab.surgery import (
-    fold_batch_norm, fold_weights, is_norm_layer, remove_norm, replace_norm,
+    ChannelsLast, SurgeryRecord, fold_batch_norm, fold_weights, is_norm_layer, remove_norm, replace_norm,
 )
 
 
@@ -151,6 +151,16 @@ def randomize_and_train(model: nn.Module, in_shape: tuple[int, ...]) -> None:
     model.eval()
 
 
+def fold(model: nn.Module, **kwargs) -> tuple[nn.Module, list, list]:
+    """``fold_batch_norm`` with its report split into ``folded`` ``(norm, weight layer)`` and
+    ``skipped`` ``(norm, reason)`` pairs."""
+    report: list = []
+    folded = fold_batch_norm(model, report=report, **kwargs)
+    assert all(isinstance(r, SurgeryRecord) for r in report)
+    return (folded, [(r.name, r.detail) for r in report if r.action == "folded"],
+            [(r.name, r.detail) for r in report if r.action == "skipped"])
+
+
 def rel_err(a: Tensor, b: Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
@@ -196,9 +206,6 @@ def test_replace_norm_types_and_copy(key: str) -> None:
     assert all(m.weight.requires_grad for m in new)
     assert not any(a is b for a, b in zip(new, before))
     assert norms(model) == before
-    gone = replace_norm(model, "none")
-    assert norms(gone) == [] and count(gone, nn.Identity) == count(model, nn.Identity) + n
-    assert norms(replace_norm(model, "std_loss")) == []
     same = replace_norm(model, create_method("batch_norm_affine"), inplace=True)
     assert same is model and not any(a is b for a, b in zip(norms(model), before))
 
@@ -207,11 +214,12 @@ def test_replace_carries_weights_and_running_stats() -> None:
     torch.manual_seed(0)
     model = ResNet()
     randomize_and_train(model, (3, 8, 8))
-    new, report = replace_norm(model, "batch_norm_affine", return_report=True)
-    assert len(report) == 6
+    report: list = []
+    new = replace_norm(model, "batch_norm_affine", report=report)
+    assert len(report) == 6 and {r.action for r in report} == {"replaced"}
     for old, layer, entry in zip(norms(model), norms(new), report):
         assert layer is not old
-        assert set(entry.carried) == {"weight", "bias", "running_mean", "running_var",
+        assert set(entry.detail.split(",")) == {"weight", "bias", "running_mean", "running_var",
                                       "num_batches_tracked"}
         for key, value in old.state_dict().items():
             assert torch.equal(layer.state_dict()[key], value), key
@@ -228,14 +236,16 @@ def test_replace_carries_only_matching_names_and_shapes() -> None:
         model[1].weight.normal_()
     with pytest.raises(ValueError, match="spatial_dims"):
         replace_norm(model, "batch_norm_affine")  # GroupNorm does not tell its input's shape
-    new, report = replace_norm(model, "batch_norm_affine", spatial_dims=2, return_report=True)
+    report: list = []
+    new = replace_norm(model, "batch_norm_affine", spatial_dims=2, report=report)
     assert isinstance(new[1], nn.BatchNorm2d) and isinstance(new[3], nn.BatchNorm2d)
-    assert report[0].carried == ("weight", "bias")  # GroupNorm has no running stats
+    assert report[0].detail == "weight,bias"  # GroupNorm has no running stats
     assert torch.equal(new[1].weight, model[1].weight)
-    assert report[1].carried == ()
+    assert report[1].detail == ""
     assert torch.equal(new[3].weight, torch.ones(4))  # LayerNorm's (4, 4, 4) weight not carried
     flat = replace_norm(nn.Sequential(nn.Linear(3, 5), nn.LayerNorm(5)), "batch_norm")
-    assert isinstance(flat[1], nn.BatchNorm1d)
+    # LayerNorm(5) normalizes the last dim: its replacement runs on the (M, 5) rows
+    assert isinstance(flat[1], ChannelsLast) and isinstance(flat[1].norm, nn.BatchNorm1d)
 
 
 def test_replace_normlayer_and_dtype() -> None:
@@ -249,7 +259,7 @@ def test_bad_input() -> None:
     model = normlab_model("mlp", "batch_norm")
     with pytest.raises(KeyError, match="batch_norm_affine.*none"):
         replace_norm(model, "no_such_norm")
-    for fn in (remove_norm, fold_batch_norm, lambda m: replace_norm(m, "none")):
+    for fn in (remove_norm, fold_batch_norm, lambda m: replace_norm(m, "batch_norm")):
         with pytest.raises(TypeError, match="nn.Module"):
             fn([nn.BatchNorm1d(3)])
 
@@ -266,21 +276,21 @@ def test_fold_is_exact(key: str, dtype: torch.dtype) -> None:
     x = torch.randn(4, *in_shape, dtype=dtype) * 2 + 1
     with torch.no_grad():
         ref = model(x)
-        result = fold_batch_norm(model)
-        out = result.model(x)
+        folded_model, folded, skipped = fold(model)
+        out = folded_model(x)
     assert rel_err(out, ref) < 1e-5
-    assert count(result.model, _BatchNorm) == 0 and len(result.folded) == n
-    assert result.skipped == []
-    assert type(result.model) is type(model) and count(model, _BatchNorm) == n
+    assert count(folded_model, _BatchNorm) == 0 and len(folded) == n
+    assert skipped == []
+    assert type(folded_model) is type(model) and count(model, _BatchNorm) == n
     with torch.no_grad():
         assert torch.equal(model(x), ref)  # the original is untouched
-    weights = [m for m in result.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    weights = [m for m in folded_model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert all(m.bias is not None for m in weights)  # bias-free convs got one
 
 
 def test_fold_inplace_returns_same_object() -> None:
     model = normlab_model("cnn", "batch_norm").eval()
-    assert fold_batch_norm(model, inplace=True).model is model
+    assert fold_batch_norm(model, inplace=True) is model
     assert count(model, _BatchNorm) == 0
 
 
@@ -289,13 +299,13 @@ def test_fold_leaves_and_reports_groupnorm() -> None:
     model = ResNet(gn=True)
     randomize_and_train(model, (3, 8, 8))
     x = torch.randn(4, 3, 8, 8)
-    result = fold_batch_norm(model)
-    assert count(result.model, _BatchNorm) == 0 and len(result.folded) == 6
-    assert [name for name, _ in result.skipped] == ["head.1"]
-    assert "per-sample" in result.skipped[0][1]
-    assert isinstance(result.model.head[1], nn.GroupNorm)
+    folded_model, folded, skipped = fold(model)
+    assert count(folded_model, _BatchNorm) == 0 and len(folded) == 6
+    assert [name for name, _ in skipped] == ["head.1"]
+    assert "per-sample" in skipped[0][1]
+    assert isinstance(folded_model.head[1], nn.GroupNorm)
     with torch.no_grad():
-        assert rel_err(result.model(x), model(x)) < 1e-5
+        assert rel_err(folded_model(x), model(x)) < 1e-5
 
 
 def test_fold_normlayer_subclasses() -> None:
@@ -303,12 +313,12 @@ def test_fold_normlayer_subclasses() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), ScaleShift(4), nn.ReLU(),
                           nn.Conv2d(4, 4, 3), SampleNorm(4)).eval()
     x = torch.randn(2, 3, 8, 8)
-    result = fold_batch_norm(model)
-    assert result.folded == [("1", "0")]
-    assert isinstance(result.model[1], nn.Identity) and isinstance(result.model[4], SampleNorm)
-    assert result.skipped[0][0] == "4" and "eval_affine() is None" in result.skipped[0][1]
+    folded_model, folded, skipped = fold(model)
+    assert folded == [("1", "0")]
+    assert isinstance(folded_model[1], nn.Identity) and isinstance(folded_model[4], SampleNorm)
+    assert skipped[0][0] == "4" and "eval_affine() is None" in skipped[0][1]
     with torch.no_grad():
-        assert rel_err(result.model(x), model(x)) < 1e-5
+        assert rel_err(folded_model(x), model(x)) < 1e-5
 
 
 def test_fold_falls_back_to_sequential_adjacency() -> None:
@@ -318,28 +328,28 @@ def test_fold_falls_back_to_sequential_adjacency() -> None:
         fx.symbolic_trace(model)  # else this test would not exercise the fallback
     randomize_and_train(model, (3, 8, 8))
     x = torch.randn(2, 3, 8, 8)
-    result = fold_batch_norm(model)
-    assert sorted(result.folded) == [("body.1.0", "body.0"), ("body.3", "body.2")]
+    folded_model, folded, _ = fold(model)
+    assert sorted(folded) == [("body.1.0", "body.0"), ("body.3", "body.2")]
     with torch.no_grad():
-        assert rel_err(result.model(x), model(x)) < 1e-5
+        assert rel_err(folded_model(x), model(x)) < 1e-5
 
 
 def test_fold_skips_conv_whose_output_is_used_elsewhere() -> None:
     torch.manual_seed(0)
     model = SharedOutput()
     randomize_and_train(model, (3, 5, 5))
-    result = fold_batch_norm(model)
-    assert result.folded == [] and [name for name, _ in result.skipped] == ["bn"]
-    assert "feeds only" in result.skipped[0][1]
+    folded_model, folded, skipped = fold(model)
+    assert folded == [] and [name for name, _ in skipped] == ["bn"]
+    assert "feeds only" in skipped[0][1]
     x = torch.randn(2, 3, 5, 5)
     with torch.no_grad():
-        assert torch.allclose(result.model(x), model(x))
+        assert torch.allclose(folded_model(x), model(x))
 
 
 def test_fold_reports_batch_stats_bn() -> None:
-    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False))
-    result = fold_batch_norm(model)
-    assert result.folded == [] and "batch statistics" in result.skipped[0][1]
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False)).eval()
+    _, folded, skipped = fold(model)
+    assert folded == [] and "batch statistics" in skipped[0][1]
 
 
 # --- fold_weights ----------------------------------------------------------------------------
@@ -371,10 +381,10 @@ def test_fold_weights_linear_and_shapes() -> None:
 def test_fold_skips_hooked_or_parametrized_weight_layers() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4),
                           nn.utils.parametrizations.weight_norm(nn.Linear(4, 4)),
-                          nn.BatchNorm1d(4))
+                          nn.BatchNorm1d(4)).eval()
     model[0].register_forward_hook(lambda module, args, out: None)
-    result = fold_batch_norm(model)
-    assert result.folded == []
-    assert [name for name, _ in result.skipped] == ["1", "3"]
-    assert "cannot fold into 0: it has forward hooks" in result.skipped[0][1]
-    assert "parametrized" in result.skipped[1][1]
+    _, folded, skipped = fold(model)
+    assert folded == []
+    assert [name for name, _ in skipped] == ["1", "3"]
+    assert "cannot fold into 0: it has forward hooks" in skipped[0][1]
+    assert "parametrized" in skipped[1][1]

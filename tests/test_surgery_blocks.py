@@ -18,26 +18,13 @@ from normlab.layers.base import with_spatial_dims
 from normlab.methods import create_method
 from normlab.surgery import is_norm_layer, remove_norm, replace_norm
 
+from surgery_helpers import copy_weights
+
 IMAGE = (1, 12, 12)
-WEIGHTS = (nn.Conv2d, nn.Linear)
 
 
 def build(arch: str, method: str) -> nn.Module:
     return build_model(arch, create_method(method), IMAGE, 10)
-
-
-def copy_weights(src: nn.Module, dst: nn.Module) -> nn.Module:
-    """Copy the Conv/Linear weights of ``src`` into ``dst`` in order; a bias ``src`` lacks
-    is zeroed in ``dst`` (the two models then compute the same weight layers)."""
-    a = [m for m in src.modules() if isinstance(m, WEIGHTS)]
-    b = [m for m in dst.modules() if isinstance(m, WEIGHTS)]
-    assert len(a) == len(b)
-    with torch.no_grad():
-        for s, d in zip(a, b):
-            d.weight.copy_(s.weight)
-            if d.bias is not None:
-                d.bias.copy_(s.bias if s.bias is not None else torch.zeros_like(d.bias))
-    return dst
 
 
 def count(model: nn.Module, kind: type) -> int:
@@ -137,12 +124,13 @@ def test_replace_frn_by_batch_norm_keeps_relu(arch):
     torch.manual_seed(0)
     model = build(arch, "frn")
     randomize_tau(model)
-    new, report = replace_norm(model, "batch_norm_affine", return_report=True)
+    report: list = []
+    new = replace_norm(model, "batch_norm_affine", report=report)
     bn = nn.BatchNorm2d if arch == "cnn" else nn.BatchNorm1d
     assert [r.new for r in report] == [f"{bn.__name__}+ReLU"] * 3
     assert count(new, FilterResponseNorm) == 0 and count(new, bn) == 3
     # the carried FRN weight/bias are the BN's affine map
-    assert all("weight" in r.carried and "bias" in r.carried for r in report)
+    assert all({"weight", "bias"} <= set(r.detail.split(",")) for r in report)
     # Train mode: BN subtracts the batch mean, so the conv biases FRN kept cancel and the
     # network equals the batch_norm_affine network built with the same weights.
     reference = copy_weights(model, build(arch, "batch_norm_affine"))
@@ -153,7 +141,8 @@ def test_replace_frn_by_batch_norm_keeps_relu(arch):
 def test_replace_proxy_norm_by_batch_norm_replaces_the_whole_block():
     torch.manual_seed(0)
     model = build("cnn", "proxy_norm")
-    new, report = replace_norm(model, "batch_norm_affine", return_report=True)
+    report: list = []
+    new = replace_norm(model, "batch_norm_affine", report=report)
     assert count(new, ProxyNormActivation) == 0
     assert count(new, nn.BatchNorm2d) == 3 and count(new, nn.ReLU) == 3  # one BN per block
     assert [r.new for r in report] == ["BatchNorm2d", "ReLU"] * 3
@@ -162,17 +151,66 @@ def test_replace_proxy_norm_by_batch_norm_replaces_the_whole_block():
     torch.testing.assert_close(new.train()(x), reference.train()(x), rtol=1e-4, atol=1e-5)
 
 
-def test_replace_by_none_equals_remove_norm():
-    model = build("cnn", "frn")
-    randomize_tau(model)
-    x = x_batch()
+@pytest.mark.parametrize("method,hint", [
+    ("none", r"remove_norm\(model\)"),
+    ("std_loss", r"remove_norm\(model\), then attach normlab.StandardizationLoss\(bare\)"),
+    ("bnp", r"remove_norm\(model\), then wrap the optimizer: normlab.BNP\(optimizer, bare\)"),
+    ("weight_norm", r"prepare\(bare\)"),
+])
+def test_replace_by_a_method_without_layers_says_what_to_call(method, hint):
+    model = build("cnn", "batch_norm")
+    with pytest.raises(ValueError, match=hint) as err:
+        replace_norm(model, method, inplace=True)
+    assert "\n" not in str(err.value)
+    assert count(model, nn.BatchNorm2d) == 3  # nothing was changed
+
+
+@pytest.mark.parametrize("arch", ["cnn", "mlp"])
+@pytest.mark.parametrize("method", ["frn", "proxy_norm", "ic_layer"])
+def test_replace_by_block_method_equals_the_network_built_with_it(method, arch):
+    """The norm and the activation after it become the method's block: the result computes
+    what ``build_model`` with that method computes, given the same weights."""
+    torch.manual_seed(0)
+    model = build(arch, "batch_norm")
+    report: list = []
+    new = replace_norm(model, method, report=report)
+    assert [r.action for r in report].count("removed") == 3  # each ReLU went into a block
+    assert count(new, nn.BatchNorm2d) + count(new, nn.BatchNorm1d) == 0
+    reference = copy_weights(new, build(arch, method))
+    assert count(new, type(norm_of(reference))) == count(reference, type(norm_of(reference)))
+    x = x_batch(16)
+    new.eval(), reference.eval()
     with torch.no_grad():
-        torch.testing.assert_close(replace_norm(model, "none")(x), remove_norm(model)(x))
+        torch.testing.assert_close(new(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+def norm_of(model: nn.Module) -> nn.Module:
+    return next(m for m in model.modules() if isinstance(m, NormLayer))
 
 
 @pytest.mark.parametrize("method", ["frn", "proxy_norm", "ic_layer"])
-def test_replace_into_block_changing_method_raises(method):
-    model = build("cnn", "batch_norm")
-    with pytest.raises(ValueError, match=f"norm-then-activation.*'{method}'"):
-        replace_norm(model, method)
-    assert count(model, nn.BatchNorm2d) == 3  # nothing was changed
+def test_replace_by_block_method_without_activation_raises(method):
+    """A norm before a residual sum or a linear bottleneck has no activation to take over."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    with pytest.raises(ValueError, match=f"'{method}'.* but 4 \\(BatchNorm2d\\) is not "
+                                         f"followed by an activation") as err:
+        replace_norm(model, method, inplace=True)
+    assert "\n" not in str(err.value)
+    assert count(model, nn.BatchNorm2d) == 2 and count(model, nn.ReLU) == 1  # unchanged
+
+
+def test_replace_by_frn_keeps_a_shared_activation_out():
+    """torchvision's ``self.relu`` is called after bn1 and after the residual sum: FRN cannot
+    take it over at one call site only."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.relu = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3), nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.relu(self.bn(self.conv(x))) + x)
+
+    with pytest.raises(ValueError, match="bn \\(BatchNorm2d\\) is not followed"):
+        replace_norm(Shared(), "frn")

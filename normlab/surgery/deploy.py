@@ -31,9 +31,12 @@ def deploy_model(model: nn.Module, method: Method) -> nn.Module:
         method: the method it was trained with.
 
     Returns:
-        The deployment form: for a folding method an eval-mode copy with every eval-affine
+        The deployment form: for a folding method a copy with every eval-affine
         normalization folded (``model`` itself is left as it was); otherwise what
         ``for_inference`` returns (``model`` itself by default).
+
+    Raises:
+        ValueError: a folding method and a model in training mode.
     """
     deployed = method.for_inference(model)
-    return fold_batch_norm(deployed).model if method.folds else deployed
+    return fold_batch_norm(deployed) if method.folds else deployed

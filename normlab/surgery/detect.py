@@ -22,10 +22,12 @@ normlab NormLayer           ``num_features``              its ``spatial_dims`` a
                                                           it has one, else not told
 ==========================  ============================  =================================
 
-LayerNorm is read as channel-first: ``LayerNorm(C)`` normalizes the features of ``(N, C)``
-inputs (an MLP) and ``LayerNorm((C, H, W))`` the whole sample of an ``(N, C, H, W)`` input.
-A transformer's ``LayerNorm(C)`` on ``(N, T, C)`` tokens has its channels last, a layout the
-channel-first layers of normlab do not take; replacing it is not supported.
+A LayerNorm or RMSNorm with a 1-D ``normalized_shape`` (``LayerNorm(C)``) normalizes the
+*last* dim of whatever it is given: ``(N, C)`` features, ``(N, T, C)`` tokens, ``(N, H, W, C)``
+maps. :func:`channels_last` says so; its replacement runs on the rows ``(M, C)`` of its input
+(:class:`normlab.surgery.channels.ChannelsLast`), so the table's ``spatial_dims = 0`` is the
+rows' shape. ``LayerNorm((C, H, W))`` is read as channel-first: it normalizes the whole sample
+of an ``(N, C, H, W)`` input.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..layers.base import NormLayer
+from .channels import ChannelsLast
 
-__all__ = ["NORM_TYPES", "is_norm_layer", "norm_features", "norm_spatial_dims"]
+__all__ = ["NORM_TYPES", "is_norm_layer", "norm_features", "norm_spatial_dims",
+           "channels_last"]
 
 #: torch's normalization layers (the first entry covers BatchNorm1d/2d/3d, SyncBatchNorm and
 #: the lazy variants; the second InstanceNorm1d/2d/3d).
@@ -66,8 +70,21 @@ def is_norm_layer(module: object) -> bool:
     return isinstance(module, NORM_TYPES)
 
 
+def channels_last(layer: nn.Module) -> bool:
+    """Whether ``layer`` normalizes the last dim of any-rank input (``LayerNorm(C)``,
+    ``RMSNorm(C)``, a :class:`~normlab.surgery.channels.ChannelsLast` replacement of one):
+    its channels are on the last dim, not on dim 1."""
+    if isinstance(layer, ChannelsLast):
+        return True
+    if not isinstance(layer, (nn.LayerNorm, nn.RMSNorm)):
+        return False
+    shape = layer.normalized_shape
+    return not isinstance(shape, (tuple, list)) or len(shape) == 1
+
+
 def norm_features(name: str, layer: nn.Module) -> int:
-    """The channel count (dim 1 of the input) of normalization layer ``layer``.
+    """The channel count of normalization layer ``layer`` (dim 1 of its input, or the last
+    dim where :func:`channels_last`).
 
     Raises:
         ValueError: a lazy layer not yet initialized, or a layer without a channel count.

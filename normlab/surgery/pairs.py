@@ -7,7 +7,7 @@ be folded into the weight layer before it only when that layer's output goes now
 Strategy:
 
 1. ``torch.fx`` symbolic tracing (normalization and weight layers kept as leaves): a pair is a
-   ``call_module`` node of a Conv1d/2d/3d or Linear whose only user is the norm's node, with
+   ``call_module`` node of a Conv1d/2d/3d, ConvTranspose1d/2d/3d or Linear (or a subclass) whose only user is the norm's node, with
    both modules called exactly once. This sees ResNet-style modules whose ``forward`` calls
    ``self.conv`` then ``self.bn``.
 2. A module that cannot be traced (data-dependent control flow, ...) is not given up on: if it
@@ -27,7 +27,12 @@ from torch import nn
 from ..nn_types import WEIGHT_LAYERS
 from .detect import is_norm_layer
 
-__all__ = ["Pair", "find_pairs"]
+__all__ = ["Pair", "FOLD_LAYERS", "find_pairs", "join", "end_of", "plain_sequential"]
+
+#: weight layers a norm can be folded into: ``WEIGHT_LAYERS`` (output channels on dim 0 of
+#: the weight) and the transposed convolutions (output channels on dim 1).
+FOLD_LAYERS: tuple[type[nn.Module], ...] = WEIGHT_LAYERS + (
+    nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 class Pair(NamedTuple):
@@ -43,11 +48,11 @@ class _LeafTracer(fx.Tracer):
     """Keeps norm layers (normlab's included) and weight layers as opaque call sites."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (is_norm_layer(m) or isinstance(m, WEIGHT_LAYERS)
+        return (is_norm_layer(m) or isinstance(m, FOLD_LAYERS)
                 or super().is_leaf_module(m, module_qualified_name))
 
 
-def _join(prefix: str, name: str) -> str:
+def join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
@@ -63,31 +68,31 @@ def _traced_pairs(module: nn.Module, prefix: str) -> list[Pair]:
         if not is_norm_layer(norm) or not isinstance(prev, fx.Node) or prev.op != "call_module":
             continue
         weight = module.get_submodule(prev.target)
-        if (isinstance(weight, WEIGHT_LAYERS) and len(prev.users) == 1
+        if (isinstance(weight, FOLD_LAYERS) and len(prev.users) == 1
                 and calls[prev.target] == 1 and calls[node.target] == 1):
-            pairs.append(Pair(_join(prefix, prev.target), weight, _join(prefix, node.target), norm))
+            pairs.append(Pair(join(prefix, prev.target), weight, join(prefix, node.target), norm))
     return pairs
 
 
-def _plain_sequential(module: nn.Module) -> bool:
+def plain_sequential(module: nn.Module) -> bool:
     return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
 
-def _end(name: str, module: nn.Module, last: bool) -> tuple[str, nn.Module]:
+def end_of(name: str, module: nn.Module, last: bool) -> tuple[str, nn.Module]:
     """The first (or last) module a plain Sequential runs, looking into nested ones."""
-    while _plain_sequential(module) and len(module):
+    while plain_sequential(module) and len(module):
         index = len(module) - 1 if last else 0
-        name, module = _join(name, str(index)), module[index]
+        name, module = join(name, str(index)), module[index]
     return name, module
 
 
 def _sequential_pairs(seq: nn.Sequential, prefix: str) -> list[Pair]:
-    children = [(_join(prefix, n), c) for n, c in seq.named_children()]
+    children = [(join(prefix, n), c) for n, c in seq.named_children()]
     pairs = []
     for (a_name, a), (b_name, b) in zip(children, children[1:]):
-        w_name, weight = _end(a_name, a, last=True)
-        n_name, norm = _end(b_name, b, last=False)
-        if isinstance(weight, WEIGHT_LAYERS) and is_norm_layer(norm):
+        w_name, weight = end_of(a_name, a, last=True)
+        n_name, norm = end_of(b_name, b, last=False)
+        if isinstance(weight, FOLD_LAYERS) and is_norm_layer(norm):
             pairs.append(Pair(w_name, weight, n_name, norm))
     return pairs
 
@@ -99,8 +104,8 @@ def find_pairs(model: nn.Module, prefix: str = "") -> list[Pair]:
         return _traced_pairs(model, prefix)
     except Exception:  # any tracing failure: fall back to what the structure alone tells
         pass
-    pairs = _sequential_pairs(model, prefix) if _plain_sequential(model) else []
+    pairs = _sequential_pairs(model, prefix) if plain_sequential(model) else []
     for name, child in model.named_children():
-        if not (is_norm_layer(child) or isinstance(child, WEIGHT_LAYERS)):
-            pairs += find_pairs(child, _join(prefix, name))
+        if not (is_norm_layer(child) or isinstance(child, FOLD_LAYERS)):
+            pairs += find_pairs(child, join(prefix, name))
     return pairs

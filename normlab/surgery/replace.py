@@ -21,40 +21,42 @@ without their normalization through :meth:`NormLayer.without_norm
 (FRN+TLU -> ReLU, Proxy Norm -> its activation) and :func:`replace_norm` puts the new norm
 followed by it, so no nonlinearity is silently deleted.
 
-Only methods whose block is "norm, then the activation" (those that do not override
-:meth:`Method.block <normlab.methods.base.Method.block>`) can be inserted by
-:func:`replace_norm`: a method that changes the activation or the order (``frn`` replaces the
-activation, ``proxy_norm`` puts its own around it, ``ic_layer`` goes after it) needs to see
-the activation, which a norm layer's place in a network does not tell. Such methods raise
-``ValueError``: build the model with the method instead.
+Methods whose block is not "norm, then the activation" (they override :meth:`Method.block
+<normlab.methods.base.Method.block>`: ``frn`` replaces the activation with its TLU,
+``proxy_norm`` puts its own around it, ``ic_layer`` goes after it) replace a norm *and* the
+activation module that reads only its output (found by :mod:`normlab.surgery.follow`): the
+norm's place gets ``method.block(C, spatial_dims, activation)`` and the activation's place
+``nn.Identity``. A norm with no such activation (a linear bottleneck, a norm before a
+residual sum, an activation module shared by several call sites) makes the call raise one
+``ValueError`` naming it, before anything is changed.
+
+Channels: a ``LayerNorm(C)`` normalizes the last dim of ``(N, *, C)`` inputs (tokens, rows);
+its replacement is ``ChannelsLast(method.norm(C, 0))`` (:mod:`normlab.surgery.channels`),
+which normalizes per channel on the last dim. Every other layer takes channels on dim 1.
+
+Methods that insert no layer are refused with what to call instead: ``none`` (use
+:func:`remove_norm`), ``std_loss`` (``remove_norm`` then ``StandardizationLoss``), ``bnp``
+(``remove_norm`` then ``normlab.BNP`` around the optimizer), and every gradient or weight
+method likewise.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..layers.base import NormLayer
 from ..methods import Method, MethodSpec, create_method
-from .detect import SpatialDims, is_norm_layer, norm_features, norm_spatial_dims
+from .channels import ChannelsLast
+from .detect import SpatialDims, channels_last, is_norm_layer, norm_features, norm_spatial_dims
+from .follow import find_activations
+from .records import note
 
-__all__ = ["Replaced", "replace_norm", "remove_norm", "convert_norm_layers", "working_copy"]
-
-
-class Replaced(NamedTuple):
-    """One replaced layer: its qualified name, old and new class names, carried state keys.
-
-    ``new`` is ``"A+B"`` when the layer became ``nn.Sequential(A, B)`` (a new norm followed by
-    the nonlinearity the old layer carried).
-    """
-
-    name: str
-    old: str
-    new: str
-    carried: tuple[str, ...]
+__all__ = ["replace_norm", "remove_norm", "convert_norm_layers", "working_copy",
+           "norm_layers", "changes_block", "method_for_layers", "to_rows"]
 
 
 def _check_module(model: object) -> None:
@@ -67,6 +69,25 @@ def working_copy(model: nn.Module, inplace: bool) -> nn.Module:
     checking that ``model`` is a module)."""
     _check_module(model)
     return model if inplace else copy.deepcopy(model)
+
+
+def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(first qualified name, layer)`` of every norm layer, not looking inside norm layers
+    (a :class:`ChannelsLast` wrapper counts once) and listing a shared layer once."""
+    found, seen = [], set()
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        if is_norm_layer(module):
+            found.append((prefix, module))
+            return
+        for name, child in module.named_children():
+            walk(child, f"{prefix}.{name}" if prefix else name)
+
+    walk(model, "")
+    return found
 
 
 def convert_norm_layers(
@@ -120,19 +141,83 @@ def _like(old: nn.Module, new: nn.Module) -> nn.Module:
 
 
 def _kept(layer: nn.Module) -> nn.Module:
-    """What stays of a norm layer without its normalization (``nn.Identity`` for torch's)."""
-    return layer.without_norm() if isinstance(layer, NormLayer) else nn.Identity()
+    """What stays of a norm layer without its normalization (``nn.Identity`` for torch's),
+    in the layer's train/eval mode."""
+    kept = layer.without_norm() if isinstance(layer, NormLayer) else nn.Identity()
+    return kept.train(layer.training)
 
 
-def _check_insertable(method: Method) -> None:
-    """Raise unless ``method``'s block is its norm followed by the model's activation."""
-    if type(method).block is not Method.block:
-        raise ValueError(
-            f"replace_norm can only insert methods whose block is norm-then-activation; "
-            f"{method.name or type(method).__name__!r} overrides block() (it changes the "
-            f"activation or where the norm goes), which a norm layer's place does not "
-            f"allow: build the model with that method instead"
-        )
+def changes_block(method: Method) -> bool:
+    """Whether ``method``'s block is not its norm then the model's activation (it overrides
+    :meth:`Method.block`: FRN, Proxy Norm, the IC layer)."""
+    return type(method).block is not Method.block
+
+
+def method_for_layers(method: MethodSpec, caller: str, **method_options) -> Method:
+    """``create_method(method, **method_options)``, refused with what to call instead when
+    the method puts no normalization layer in a model (its ``kind`` is not ``"layer"``).
+
+    Raises:
+        KeyError: unknown name (the message lists the known ones).
+        ValueError: a method that is not a layer method.
+    """
+    built = create_method(method, **method_options)
+    if built.kind == "layer":
+        return built
+    name = built.name or type(built).__name__
+    instead = {
+        "none": "call normlab.remove_norm(model) for the bare network",
+        "loss": (f"call bare = normlab.remove_norm(model), then attach "
+                 f"normlab.StandardizationLoss(bare) (create_method({name!r})"
+                 f".auxiliary_loss(bare)) and add it to the task loss"),
+        "gradient": (f"call bare = normlab.remove_norm(model), then wrap the optimizer: "
+                     + ("normlab.BNP(optimizer, bare)" if name == "bnp" else
+                        f"create_method({name!r}).wrap_optimizer(optimizer, bare)")),
+        "weight": (f"call bare = normlab.remove_norm(model), then "
+                   f"create_method({name!r}).prepare(bare)"),
+    }.get(built.kind, "build the model with the method instead")
+    raise ValueError(f"{caller}(model, {name!r}) has no layer to put in: {name!r} is a "
+                     f"{built.kind!r} method; {instead}")
+
+
+def to_rows(module: nn.Module, features: int) -> nn.Module:
+    """``module`` (a norm or a block) with each norm layer in it run on channel-last rows
+    (:class:`ChannelsLast`); activations are elementwise and stay as they are."""
+    return convert_norm_layers(module, lambda name, layer: ChannelsLast(layer, features))
+
+
+def _new_norm(built: Method, name: str, layer: nn.Module, spatial_dims: SpatialDims,
+              activation: nn.Module | None) -> tuple[nn.Module, tuple[str, ...]]:
+    """The replacement of ``layer`` (its block when ``activation`` is given) and the state
+    keys carried into it (into the block's first norm layer)."""
+    features = norm_features(name, layer)
+    rows = channels_last(layer)
+    dims = 0 if rows else norm_spatial_dims(name, layer, spatial_dims)
+    new = built.norm(features, dims) if activation is None \
+        else built.block(features, dims, activation)
+    inner = norm_layers(new)
+    source = layer.norm if isinstance(layer, ChannelsLast) else layer
+    carried = _carry_state(source, inner[0][1]) if inner else ()
+    if rows:
+        new = to_rows(new, features)
+    return _like(layer, new), carried
+
+
+def _block_activations(model: nn.Module, built: Method) -> dict[str, tuple[str, nn.Module]]:
+    """For a block-changing method: the activation each norm takes over; raises naming the
+    first norm that has none (nothing is changed yet)."""
+    found = find_activations(model)
+    name = built.name or type(built).__name__
+    for norm_name, layer in norm_layers(model):
+        carried = not isinstance(_kept(layer), nn.Identity) or getattr(layer, "follows_norm",
+                                                                       False)
+        if norm_name not in found and not carried:
+            raise ValueError(
+                f"replace_norm(model, {name!r}) replaces each norm and the activation after "
+                f"it, but {norm_name or 'the root'} ({type(layer).__name__}) is not followed "
+                f"by an activation module used only there (a norm before a residual sum or a "
+                f"linear bottleneck, or a shared or functional activation)")
+    return found
 
 
 def replace_norm(
@@ -141,70 +226,83 @@ def replace_norm(
     inplace: bool = False,
     spatial_dims: SpatialDims = None,
     *,
-    return_report: bool = False,
-) -> nn.Module | tuple[nn.Module, list[Replaced]]:
-    """Every normalization layer becomes ``create_method(method).norm(C, spatial_dims)``.
+    report: list | None = None,
+    **method_options,
+) -> nn.Module:
+    """Every normalization layer becomes ``create_method(method, **method_options).norm(C,
+    spatial_dims)`` (its ``block`` for a block-changing method; module docstring).
 
     ``C`` and ``spatial_dims`` are read from each old layer without running a forward (see
-    :mod:`normlab.surgery.detect`). State entries whose names and shapes match are carried
-    over (module docstring); the new layer takes the old one's device, dtype and mode. A
-    method whose ``norm`` returns ``None`` (``none``, ``std_loss``) gives ``nn.Identity``.
+    :mod:`normlab.surgery.detect`); a ``LayerNorm(C)`` is channel-last (module docstring).
+    State entries whose names and shapes match are carried over; the new layer takes the old
+    one's device, dtype and mode.
 
     A layer that carries a nonlinearity keeps it: it becomes ``nn.Sequential(new_norm,
-    layer.without_norm())`` (FRN+TLU: the new norm then ReLU). A layer with
-    ``follows_norm`` (Proxy Norm's activation after its GN/LN) becomes
-    ``layer.without_norm()`` alone: the norm before it is replaced too.
+    layer.without_norm())`` (FRN+TLU: the new norm then ReLU), or the new method's block
+    around it. A layer with ``follows_norm`` (Proxy Norm's activation after its GN/LN)
+    becomes ``layer.without_norm()`` alone: the norm before it is replaced too.
 
     Args:
         model: any module.
-        method: a registered method name, a Method, a Method class or a partial.
+        method: a registered layer-method name, a Method, a Method class or a partial.
         inplace: change ``model`` itself instead of a deep copy.
         spatial_dims: for layers whose class does not tell their input's shape (GroupNorm,
             SyncBatchNorm, ...): an int for all of them, or a mapping from qualified names to
             spatial dims, whose entries also override the class (e.g. ``{"0.1": 1}`` for a
             BatchNorm1d on ``(N, C, L)``).
-        return_report: also return one :class:`Replaced` per replaced layer.
+        report: a list to append one :class:`~normlab.surgery.records.SurgeryRecord` to per
+            replaced layer (``action="replaced"``, ``detail`` the carried state keys) and per
+            activation taken into a block (``"removed"``).
+        **method_options: the method's constructor options (``num_groups=8``).
 
     Returns:
-        The new root (``model`` itself when ``inplace`` and the root is not a norm layer),
-        and the report list when ``return_report``.
+        The new root (``model`` itself when ``inplace`` and the root is not a norm layer).
 
     Raises:
-        TypeError: ``model`` is not a module.
+        TypeError: ``model`` is not a module, or a bad method option.
         KeyError: an unknown method name (the message lists the known ones).
-        ValueError: a layer whose channel count or spatial dims cannot be told, or a method
-            whose block is not norm-then-activation (``frn``, ``proxy_norm``, ``ic_layer``;
-            module docstring).
+        ValueError: a method that puts no layer in (``none``, ``std_loss``, ``bnp``, ...;
+            the message says what to call instead), a layer whose channel count or spatial
+            dims cannot be told, or a block-changing method on a norm not followed by an
+            activation module.
     """
     _check_module(model)
-    built = create_method(method)
-    _check_insertable(built)
-    report: list[Replaced] = []
+    built = method_for_layers(method, "replace_norm", **method_options)
+    block = changes_block(built)
+    activations = _block_activations(model, built) if block else {}
+    root = working_copy(model, inplace)
+    taken: list[str] = []
 
     def convert(name: str, layer: nn.Module) -> nn.Module:
         kept = _kept(layer)
         if getattr(layer, "follows_norm", False):
-            report.append(Replaced(name, type(layer).__name__, type(kept).__name__, ()))
+            note(report, name, type(layer).__name__, type(kept).__name__, "replaced", "")
             return kept
-        new = built.norm(norm_features(name, layer), norm_spatial_dims(name, layer, spatial_dims))
-        if new is None:
-            new = nn.Identity()
-        new = _like(layer, new)
-        carried = _carry_state(layer, new)
+        activation = None
+        if block:
+            activation = kept
+            if isinstance(kept, nn.Identity):  # found on ``model``; the same name in the copy
+                taken.append(activations[name][0])
+                activation = root.get_submodule(activations[name][0])
+        new, carried = _new_norm(built, name, layer, spatial_dims, activation)
         label = type(new).__name__
-        if not isinstance(kept, nn.Identity):
-            if isinstance(new, nn.Identity):  # e.g. "none": only the nonlinearity stays
-                new, label = kept, type(kept).__name__
-            else:
-                new, label = nn.Sequential(new, kept), f"{label}+{type(kept).__name__}"
-        report.append(Replaced(name, type(layer).__name__, label, carried))
+        if not block and not isinstance(kept, nn.Identity):
+            new, label = nn.Sequential(new, kept), f"{label}+{type(kept).__name__}"
+        note(report, name, type(layer).__name__, label, "replaced", ",".join(carried))
         return new
 
-    root = convert_norm_layers(working_copy(model, inplace), convert)
-    return (root, report) if return_report else root
+    root = convert_norm_layers(root, convert)
+    for act_name in taken:  # the activation now inside the norm's block
+        parent, _, attr = act_name.rpartition(".")
+        owner = root.get_submodule(parent)
+        note(report, act_name, type(getattr(owner, attr)).__name__, "Identity", "removed",
+             "taken into the block before it")
+        setattr(owner, attr, nn.Identity().train(owner.training))
+    return root
 
 
-def remove_norm(model: nn.Module, inplace: bool = False) -> nn.Module:
+def remove_norm(model: nn.Module, inplace: bool = False, *,
+                report: list | None = None) -> nn.Module:
     """Every normalization layer becomes ``nn.Identity`` (the bare network), except that a
     layer carrying a nonlinearity becomes that nonlinearity (``layer.without_norm()``:
     FRN+TLU -> ``nn.ReLU``, Proxy Norm -> its activation; module docstring).
@@ -212,8 +310,17 @@ def remove_norm(model: nn.Module, inplace: bool = False) -> nn.Module:
     Args:
         model: any module.
         inplace: change ``model`` itself instead of a deep copy.
+        report: a list to append one ``SurgeryRecord(action="removed")`` to per layer.
+
+    Returns:
+        The new root (``model`` itself when ``inplace`` and the root is not a norm layer).
 
     Raises:
         TypeError: ``model`` is not a module.
     """
-    return convert_norm_layers(working_copy(model, inplace), lambda name, layer: _kept(layer))
+    def convert(name: str, layer: nn.Module) -> nn.Module:
+        kept = _kept(layer)
+        note(report, name, type(layer).__name__, type(kept).__name__, "removed", "")
+        return kept
+
+    return convert_norm_layers(working_copy(model, inplace), convert)

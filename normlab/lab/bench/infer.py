@@ -35,8 +35,9 @@ def deploy(method: Method, model: nn.Module) -> tuple[nn.Module, nn.Module, int]
         aux.remove()
     deployed = deploy_model(model.eval(), method).eval()
     if any(is_norm_layer(m) for m in deployed.modules()):
-        result = fold_batch_norm(deployed)
-        return deployed, result.model, len(result.folded)
+        report: list = []
+        folded = fold_batch_norm(deployed, report=report)
+        return deployed, folded, sum(r.action == "folded" for r in report)
     return deployed, deployed, 0
 
 
