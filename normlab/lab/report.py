@@ -8,10 +8,15 @@ import shlex
 import sys
 from pathlib import Path
 
+from .atomic import atomic_write
 from .experiment import Experiment, environment, summarize
 from .plots import plot_accuracy, plot_losses
 
-__all__ = ["write_report", "format_table", "json_safe"]
+__all__ = ["write_report", "format_table", "json_safe", "REPORT_FILES"]
+
+# What write_report puts in a results folder (normlab.lab.outdir.claim_out refuses to mix
+# them with an earlier run's).
+REPORT_FILES = ("results.json", "report.md", "accuracy.png", "loss.png")
 
 
 def _fmt_speedup(row: dict) -> str:
@@ -69,7 +74,6 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
         "summary": rows,
         "runs": {k: [r.to_dict() for r in runs] for k, runs in exp.runs.items()},
     }
-    (out / "results.json").write_text(json.dumps(json_safe(payload), indent=1))
     plot_accuracy(exp, out / "accuracy.png")
     plot_losses(exp, out / "loss.png")
     cfg = exp.config
@@ -106,5 +110,7 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
         f"Environment: torch {payload['environment']['torch']}, "
         f"{payload['environment']['platform']}, {payload['environment']['torch_threads']} threads.",
     ]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write(out / "report.md", "\n".join(lines) + "\n")
+    # Last, each file atomically: a results.json on disk means the whole folder was written.
+    atomic_write(out / "results.json", json.dumps(json_safe(payload), indent=1))
     return payload
