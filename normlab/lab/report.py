@@ -53,9 +53,23 @@ def json_safe(obj):
     return obj
 
 
+def _run_record(run, chance: float) -> dict:
+    """A run as results.json holds it. A diverged run counts at chance accuracy from its
+    divergence on (as the summary counts it), so its ``final_acc`` is chance; the last
+    accuracy it measured is kept as ``acc_before_divergence``."""
+    record = run.to_dict()
+    if run.diverged_at is not None:
+        record["acc_before_divergence"] = record.get("final_acc")
+        record["final_acc"] = chance
+    return record
+
+
 def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
-                 command: str | None = None) -> dict:
-    """Write ``results.json``, ``report.md``, ``accuracy.png`` and ``loss.png`` into ``out``."""
+                 command: str | None = None, threads: int | None = None) -> dict:
+    """Write ``results.json``, ``report.md``, ``accuracy.png`` and ``loss.png`` into ``out``.
+
+    ``threads``: the torch threads each run used when not this process's count (runs in
+    single-threaded worker processes, ``--jobs``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(exp, baseline)
@@ -69,10 +83,11 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
         "seeds": exp.seeds,
         "methods": {k: {"name": m.name, "kind": m.kind, "options": m.options()}
                     for k, m in exp.methods.items()},
-        "environment": environment(),
+        "environment": environment() | ({"torch_threads": str(threads)} if threads else {}),
         "distributed": exp.distributed,
         "summary": rows,
-        "runs": {k: [r.to_dict() for r in runs] for k, runs in exp.runs.items()},
+        "runs": {k: [_run_record(r, 1.0 / data.num_classes) for r in runs]
+                 for k, runs in exp.runs.items()},
     }
     plot_accuracy(exp, out / "accuracy.png")
     plot_losses(exp, out / "loss.png")

@@ -54,7 +54,8 @@ def _train_and_report(replica: Replica | None, args: argparse.Namespace, names: 
     exp = run_experiment(config, data, methods, seeds, progress=not args.no_progress,
                          replica=replica, jobs=args.jobs, data_spec=dataset_spec(args))
     if main:
-        payload = write_report(exp, out, baseline=args.baseline, command=command)
+        payload = write_report(exp, out, baseline=args.baseline, command=command,
+                               threads=1 if args.jobs > 1 else None)  # workers: 1 thread
         print(format_table(payload["summary"]))
         print(f"wrote {out}/report.md, results.json, accuracy.png, loss.png")
     return 0
