@@ -30,8 +30,12 @@ class Terminated(BaseException):
     for SIGINT), so cleanup runs before the process exits."""
 
 
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
+def _interrupted(signum, frame) -> None:
+    # Once: a second Ctrl-C while ranks/workers are being stopped must not abort the cleanup
+    # with a traceback, so both signals are ignored from here on.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,9 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("normlab: interrupted", file=sys.stderr)
         return 130
-    previous = None
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # e.g. started with nohup
+                previous[sig] = signal.signal(sig, _interrupted)
     except ValueError:  # not the main thread: leave signals alone
         pass
     try:
@@ -88,8 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"normlab {args.command}: terminated (SIGTERM); stopped", file=sys.stderr)
         return 143
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         release_all()
 
 
