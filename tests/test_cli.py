@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from normlab.lab.cli import main
 
@@ -86,7 +87,13 @@ def test_parallel_jobs_equal_sequential_single_thread_runs(tmp_path):
     common = ["compare", "--methods", "none,std_loss", "--seeds", "2", "--threads", "1",
               "--channels-last", *FAST]
     assert main([*common, "--out", str(seq)]) == 0
-    assert main([*common, "--jobs", "2", "--out", str(par)]) == 0
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the parent's count, which the single-threaded workers do not use
+    try:
+        assert main([*common, "--jobs", "2", "--out", str(par)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads((par / "results.json").read_text())["environment"]["torch_threads"] == "1"
     a = json.loads((seq / "results.json").read_text())["runs"]
     b = json.loads((par / "results.json").read_text())["runs"]
     for label in ("none", "std_loss"):

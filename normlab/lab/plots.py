@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .atomic import atomic_savefig  # noqa: E402
 from .experiment import Experiment  # noqa: E402
 from .train import eval_schedule  # noqa: E402
 
@@ -42,7 +43,7 @@ def _save(fig, axes, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_savefig(fig, path)
     plt.close(fig)
     return path
 

@@ -8,10 +8,15 @@ import shlex
 import sys
 from pathlib import Path
 
+from .atomic import atomic_write
 from .experiment import Experiment, environment, summarize
 from .plots import plot_accuracy, plot_losses
 
-__all__ = ["write_report", "format_table", "json_safe"]
+__all__ = ["write_report", "format_table", "json_safe", "REPORT_FILES"]
+
+# What write_report puts in a results folder (normlab.lab.outdir.claim_out refuses to mix
+# them with an earlier run's).
+REPORT_FILES = ("results.json", "report.md", "accuracy.png", "loss.png")
 
 
 def _fmt_speedup(row: dict) -> str:
@@ -48,9 +53,23 @@ def json_safe(obj):
     return obj
 
 
+def _run_record(run, chance: float) -> dict:
+    """A run as results.json holds it. A diverged run counts at chance accuracy from its
+    divergence on (as the summary counts it), so its ``final_acc`` is chance; the last
+    accuracy it measured is kept as ``acc_before_divergence``."""
+    record = run.to_dict()
+    if run.diverged_at is not None:
+        record["acc_before_divergence"] = record.get("final_acc")
+        record["final_acc"] = chance
+    return record
+
+
 def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
-                 command: str | None = None) -> dict:
-    """Write ``results.json``, ``report.md``, ``accuracy.png`` and ``loss.png`` into ``out``."""
+                 command: str | None = None, threads: int | None = None) -> dict:
+    """Write ``results.json``, ``report.md``, ``accuracy.png`` and ``loss.png`` into ``out``.
+
+    ``threads``: the torch threads each run used when not this process's count (runs in
+    single-threaded worker processes, ``--jobs``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(exp, baseline)
@@ -64,12 +83,12 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
         "seeds": exp.seeds,
         "methods": {k: {"name": m.name, "kind": m.kind, "options": m.options()}
                     for k, m in exp.methods.items()},
-        "environment": environment(),
+        "environment": environment() | ({"torch_threads": str(threads)} if threads else {}),
         "distributed": exp.distributed,
         "summary": rows,
-        "runs": {k: [r.to_dict() for r in runs] for k, runs in exp.runs.items()},
+        "runs": {k: [_run_record(r, 1.0 / data.num_classes) for r in runs]
+                 for k, runs in exp.runs.items()},
     }
-    (out / "results.json").write_text(json.dumps(json_safe(payload), indent=1))
     plot_accuracy(exp, out / "accuracy.png")
     plot_losses(exp, out / "loss.png")
     cfg = exp.config
@@ -106,5 +125,7 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
         f"Environment: torch {payload['environment']['torch']}, "
         f"{payload['environment']['platform']}, {payload['environment']['torch_threads']} threads.",
     ]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write(out / "report.md", "\n".join(lines) + "\n")
+    # Last, each file atomically: a results.json on disk means the whole folder was written.
+    atomic_write(out / "results.json", json.dumps(json_safe(payload), indent=1))
     return payload

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from ..atomic import atomic_write
 from .allocator import MALLOC_ENV, malloc_env_ok
 
 __all__ = ["machine_info", "write_results", "markdown_table", "TABLES"]
@@ -143,7 +144,6 @@ def write_results(kind: str, records: list[dict], meta: dict, out: Path,
     out.mkdir(parents=True, exist_ok=True)
     stem = stem or kind
     js, md = out / f"{stem}.json", out / f"{stem}.md"
-    js.write_text(json.dumps({"benchmark": kind, "meta": meta, "records": records}, indent=1))
     errors = [f"- {r['method']} ({r.get('model')}): {r['error']}" for r in records if "error" in r]
     text = [f"# normlab bench {kind}", "", f"`{meta.get('command', '')}`", "",
             f"{meta.get('cpu')} ({meta.get('cpu_count')} cores), torch {meta.get('torch')}, "
@@ -154,5 +154,6 @@ def write_results(kind: str, records: list[dict], meta: dict, out: Path,
         text += [meta["note"], ""]
     if errors:
         text += ["Errors:", ""] + sorted(set(errors)) + [""]
-    md.write_text("\n".join(text))
+    atomic_write(md, "\n".join(text))
+    atomic_write(js, json.dumps({"benchmark": kind, "meta": meta, "records": records}, indent=1))
     return js, md

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import inspect
+import math
+from numbers import Real
 from pathlib import Path
 
 from ...distributed import BACKENDS, STATS, DistributedConfig, torchrun_world
-from ...methods import Method, create_method, method_accepts
+from ...methods import METHODS, Method, create_method, method_accepts
 from ..config import TrainConfig
 from ..datasets import Dataset, load_dataset
 
@@ -37,6 +40,9 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the dataset files")
     p.add_argument("--no-download", action="store_true", help="never download data")
     p.add_argument("--out", type=Path, default=None, help="results folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing result in --out (default: refuse; see README "
+                        "'Guarantees under interruption and concurrent runs')")
     p.add_argument("--baseline", default="none", help="method the speed-up is measured against")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--jobs", type=int, default=1,
@@ -57,8 +63,70 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
 
 
+# The largest seed torch.manual_seed takes without overflowing.
+_MAX_SEED = 2**63 - 1
+
+
+def _check(ok: bool, flag: str, value: object, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"{flag} must be {rule}, got {value!r}")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every option of ``run``/``compare`` checked in one place, before any work.
+
+    Raises:
+        ValueError: the first bad option, named in the message.
+        KeyError: an unknown ``--baseline`` (the message lists the methods).
+    """
+    finite = math.isfinite
+    _check(finite(args.lr) and args.lr > 0, "--lr", args.lr, "a finite number > 0")
+    _check(finite(args.momentum) and args.momentum >= 0, "--momentum", args.momentum,
+           "a finite number >= 0")
+    _check(finite(args.weight_decay) and args.weight_decay >= 0, "--weight-decay",
+           args.weight_decay, "a finite number >= 0")
+    _check(args.eval_batch >= 1, "--eval-batch", args.eval_batch, ">= 1")
+    _check(args.threads >= 0, "--threads", args.threads, ">= 0 (0: torch's default)")
+    _check(args.seeds >= 1, "--seeds", args.seeds, ">= 1")
+    _check(0 <= args.first_seed <= _MAX_SEED - args.seeds, "--first-seed", args.first_seed,
+           f"in [0, 2**63 - 1 - --seeds] (a torch seed)")
+    _check(args.jobs >= 1, "--jobs", args.jobs, ">= 1")
+    _check(args.nproc is None or args.nproc >= 1, "--nproc", args.nproc, ">= 1")
+    _check(finite(args.dist_timeout) and args.dist_timeout > 0, "--dist-timeout",
+           args.dist_timeout, "a finite number of seconds > 0")
+    if args.weight is not None:
+        _check(finite(args.weight) and args.weight >= 0, "--weight", args.weight,
+               "a finite number >= 0")
+    if args.baseline not in METHODS:
+        raise KeyError(f"--baseline {args.baseline!r} is not a method; known: "
+                       f"{', '.join(METHODS.names())}")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    check_args(args)
     return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+def _check_option(names: list[str], key: str, value: object) -> None:
+    """``--option key=value`` against the default of each chosen method that takes it: a
+    number where the default is a number (finite where the default is), a bool for a bool."""
+    for name in names:
+        try:
+            param = inspect.signature(METHODS.get(name)).parameters.get(key)
+        except (TypeError, ValueError):
+            continue
+        default = None if param is None else param.default
+        flag = f"--option {key}"
+        if isinstance(default, bool):
+            _check(isinstance(value, bool), flag, value, f"True or False ({name})")
+        elif isinstance(default, Real) and default is not None:
+            _check(isinstance(value, Real) and not isinstance(value, bool), flag, value,
+                   f"a number ({name}'s default is {default})")
+            _check(not math.isnan(value), flag, value, "a number, not nan")
+            if math.isfinite(default):
+                _check(math.isfinite(value), flag, value, f"finite ({name})")
+            if key == "weight" or "eps" in key:
+                _check(value >= 0, flag, value, ">= 0")
 
 
 def _parse_options(args: argparse.Namespace) -> dict[str, object]:
@@ -70,7 +138,10 @@ def _parse_options(args: argparse.Namespace) -> dict[str, object]:
         try:
             options[key.strip()] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            options[key.strip()] = value
+            try:  # nan, inf: numbers literal_eval does not read, checked by _check_option
+                options[key.strip()] = float(value)
+            except ValueError:
+                options[key.strip()] = value
     if args.weight is not None:
         options["weight"] = args.weight
     return options
@@ -88,9 +159,10 @@ def methods_from_args(names: list[str], args: argparse.Namespace) -> dict[str, M
     if len(set(names)) != len(names):
         raise ValueError(f"a method is named twice in {names}")
     options = _parse_options(args)
-    for key in options:
+    for key, value in options.items():
         if not any(method_accepts(n, key) for n in names):
             raise ValueError(f"option {key!r} is taken by none of the methods {names}")
+        _check_option(names, key, value)
     # --stats goes to the methods that take it (std_loss); layers are synchronized by the
     # trainer, so it is no error when none of the methods takes it.
     stats = getattr(args, "stats", "replica")

@@ -8,14 +8,18 @@ with them set, or runs anyway with ``--default-malloc`` and says so in its outpu
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
+
+import torch
 
 from ...methods import METHODS, create_method
 from ..bench.allocator import MALLOC_ENV, MALLOC_REASON, malloc_env_ok
 from ..bench.cases import BENCH_MODELS
 from ..bench.output import machine_info, markdown_table, write_results
+from ..outdir import claim_out
 
 _KINDS = ("train", "infer", "memory", "layers")
 
@@ -39,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (timed with CUDA events)")
     p.add_argument("--out", type=Path, default=Path("results") / "bench",
                    help="folder for <kind>.json and <kind>.md (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing <kind>.json/<kind>.md in --out (default: refuse)")
     p.add_argument("--default-malloc", action="store_true",
                    help="time with the allocator settings this process started with")
     p.set_defaults(func=run)
@@ -75,8 +81,43 @@ def _ensure_malloc(args: argparse.Namespace) -> str:
                      f"starting Python ({MALLOC_REASON}), or pass --default-malloc")
 
 
+def _check_device(text: str) -> None:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"--device expects cpu or cuda[:i], got {text!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device expects cpu or cuda[:i], got {text!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {text}: this torch build has no usable CUDA device "
+                             f"(torch {torch.__version__}, cuda {torch.version.cuda})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {text}: only {torch.cuda.device_count()} CUDA "
+                             "device(s)")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every option checked before any timing, each error naming its option."""
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+    if not (math.isfinite(args.min_sample) and args.min_sample >= 0):
+        raise ValueError(f"--min-sample must be a finite number of seconds >= 0, got "
+                         f"{args.min_sample}")
+    if args.compile and args.kind != "train":
+        raise ValueError("--compile applies to `bench train` only")
+    _ints(args.threads, "threads")
+    _ints(args.batches, "batches")
+    _check_device(args.device)
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_args(args)
     note = _ensure_malloc(args)
+    stem = args.kind + ("_compiled" if args.compile else "")
+    out = claim_out(args.out, (f"{stem}.json", f"{stem}.md"), args.overwrite).path
     names = _names(args.methods) or list(METHODS)
     if args.baseline not in names:
         names = [args.baseline] + names
@@ -85,10 +126,6 @@ def run(args: argparse.Namespace) -> int:
     for key in models:
         if key not in BENCH_MODELS:
             raise KeyError(f"unknown benchmark model {key!r}; known: {', '.join(BENCH_MODELS)}")
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-    if args.compile and args.kind != "train":
-        raise ValueError("--compile applies to `bench train` only")
     if args.kind == "memory":
         print("memory: torch.profiler allocation events of one training step")
     else:
@@ -119,8 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
         records = bench_memory(methods, models, baseline=args.baseline)
     meta["load_average_after"] = os.getloadavg()
-    stem = args.kind + ("_compiled" if args.compile else "")
-    js, md = write_results(args.kind, records, meta, args.out, stem=stem)
+    js, md = write_results(args.kind, records, meta, out, stem=stem)
     print(markdown_table(args.kind, records))
     print(f"wrote {js} and {md}")
     return 0

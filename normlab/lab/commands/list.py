@@ -31,18 +31,25 @@ def _accuracies(path: Path | None) -> tuple[dict[str, str], str]:
         return {}, ""
     try:
         res = json.loads(Path(path).read_text())
-        rows = {r["method"]: r for r in res["summary"]}
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"cannot read a compare results file from {path}: {err}") from None
-    cells = {}
-    for name, r in rows.items():
-        cell = f"{100 * r['final_acc_mean']:.1f} ± {100 * r['final_acc_std']:.1f}"
-        if r.get("diverged_seeds"):
-            cell += f" ({len(r['diverged_seeds'])} diverged)"
-        cells[name] = cell
-    cfg = res["config"]
-    head = (f"{cfg['model']}/{res['dataset']['name']} acc % ({cfg['steps']} steps, "
-            f"{len(res['seeds'])} seeds)")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--results {path}: cannot read a compare results file "
+                         f"({getattr(err, 'strerror', None) or err})") from None
+    try:
+        cells = {}
+        for r in res["summary"]:
+            cell = f"{100 * r['final_acc_mean']:.1f} ± {100 * r['final_acc_std']:.1f}"
+            if r.get("diverged_seeds"):
+                cell += f" ({len(r['diverged_seeds'])} diverged)"
+            cells[r["method"]] = cell
+        cfg = res["config"]
+        head = (f"{cfg['model']}/{res['dataset']['name']} acc % ({cfg['steps']} steps, "
+                f"{len(res['seeds'])} seeds)")
+    except KeyError as err:
+        raise ValueError(f"--results {path}: not a compare results file: it lacks the key "
+                         f"{err.args[0]!r}") from None
+    except (TypeError, AttributeError):
+        raise ValueError(f"--results {path}: not a compare results file (unexpected "
+                         "structure)") from None
     return cells, head
 
 

@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..outdir import claim_out
 from ..reproduce import EXPERIMENTS, get_experiment, reproduce, tune_malloc
 from ..reproduce.report import comparison_table
 
@@ -22,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the dataset files")
     p.add_argument("--no-download", action="store_true", help="never download data")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing result in the results folder (default: refuse)")
     p.set_defaults(func=run)
 
 
@@ -37,18 +40,23 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     names = list(EXPERIMENTS) if args.name == "all" else [get_experiment(args.name).name]
-    tune_malloc()
-    command = "normlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    # Every results folder checked and locked before the first experiment starts.
+    outs = {}
     for name in names:
         out = args.out
         if out is not None and len(names) > 1:
             out = out / name
+        out = out or Path("results") / ("reproduce-quick" if args.quick else "reproduce") / name
+        outs[name] = claim_out(out, ("results.json", "report.md", "*.png"), args.overwrite).path
+    tune_malloc()
+    command = "normlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    for name in names:
+        out = outs[name]
         payload = reproduce(name, quick=args.quick, out=out, data_dir=args.data_dir,
                             download=not args.no_download, seeds=args.seeds,
                             progress=not args.no_progress,
                             command=command if len(names) == 1 else None)
         print(f"\n== {name} ({payload['runtime']})")
         print(comparison_table(payload["paper_vs_normlab"], "see report.md"))
-        folder = out or Path("results") / ("reproduce-quick" if args.quick else "reproduce") / name
-        print(f"wrote {folder}/report.md, results.json and {', '.join(payload['plots'])}")
+        print(f"wrote {out}/report.md, results.json and {', '.join(payload['plots'])}")
     return 0

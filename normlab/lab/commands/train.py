@@ -7,6 +7,7 @@ With ``--nproc N`` (or under ``torchrun``) every seed trains data parallel on N 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -15,7 +16,8 @@ from ...distributed import RankFailedError, Replica, launch
 from ...methods import METHODS
 from ..bench.allocator import tune_malloc
 from ..experiment import run_experiment
-from ..report import format_table, write_report
+from ..outdir import claim_out
+from ..report import REPORT_FILES, format_table, write_report
 from ._options import (add_config_args, config_from_args, dataset_from_args, dataset_spec,
                        distributed_from_args, methods_from_args)
 
@@ -52,7 +54,8 @@ def _train_and_report(replica: Replica | None, args: argparse.Namespace, names: 
     exp = run_experiment(config, data, methods, seeds, progress=not args.no_progress,
                          replica=replica, jobs=args.jobs, data_spec=dataset_spec(args))
     if main:
-        payload = write_report(exp, out, baseline=args.baseline, command=command)
+        payload = write_report(exp, out, baseline=args.baseline, command=command,
+                               threads=1 if args.jobs > 1 else None)  # workers: 1 thread
         print(format_table(payload["summary"]))
         print(f"wrote {out}/report.md, results.json, accuracy.png, loss.png")
     return 0
@@ -69,6 +72,9 @@ def _execute(args: argparse.Namespace, names: list[str], kind: str) -> int:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     if args.jobs > 1 and dist.nproc > 1:
         raise ValueError("--jobs runs seeds side by side; --nproc splits each run: choose one")
+    if os.environ.get("RANK", "0") == "0":  # checked and locked before any work; rank 0 writes
+        args.out = claim_out(args.out or Path("results") / kind / f"{config.model}-{args.dataset}",
+                             REPORT_FILES, args.overwrite, keep=getattr(args, "resume", False)).path
     tune_malloc()  # training steps run up to 3.5x faster with freed buffers kept (see bench)
     command = "normlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:

@@ -23,7 +23,7 @@ from ...registry import Registry
 from .idx import DataError
 
 __all__ = ["Batches", "CACHE_DIR", "DATASETS", "Dataset", "PointCloudDataset",
-           "dataset_from_uint8", "load_dataset"]
+           "check_data_dir", "dataset_from_uint8", "load_dataset"]
 
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "normlab"
 
@@ -60,6 +60,8 @@ class Dataset:
             if x.dtype != torch.float32 or x.dim() < 3:
                 raise ValueError(f"{self.name}: x_{split} must be float32 (N, C, *spatial), got "
                                  f"{x.dtype} {tuple(x.shape)}")
+            if x.shape[0] == 0:  # accuracy over no examples is 0/0
+                raise DataError(f"{self.name}: the {split} split is empty")
             if y.dtype != torch.int64 or y.shape != (x.shape[0],):
                 raise ValueError(f"{self.name}: y_{split} must be int64 of shape "
                                  f"({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
@@ -126,6 +128,21 @@ class PointCloudDataset(Dataset):
             if x.dim() != 3 or x.shape[1] != 3:
                 raise ValueError(f"{self.name}: x_{split} must be float32 (N, 3, P), got "
                                  f"{x.dtype} {tuple(x.shape)}")
+
+
+def check_data_dir(root: Path, download: bool = False) -> None:
+    """Raise DataError unless the folder the user named can be listed (or, when a download
+    may create it, does not exist yet)."""
+    if not root.exists():
+        if download and not any(p.exists() and not p.is_dir() for p in root.parents):
+            return
+        raise DataError(f"--data-dir {root}: no such folder")
+    if not root.is_dir():
+        raise DataError(f"--data-dir {root}: not a folder")
+    try:
+        next(iter(root.iterdir()), None)
+    except OSError as e:
+        raise DataError(f"--data-dir {root}: cannot read the folder ({e.strerror or e})") from None
 
 
 DatasetLoader = Callable[..., Dataset]

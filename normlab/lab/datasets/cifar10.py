@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import CACHE_DIR, DATASETS, Dataset, dataset_from_uint8
+from .base import CACHE_DIR, DATASETS, Dataset, check_data_dir, dataset_from_uint8
 from .download import download_file, verify_file
 from .idx import DataError
 
@@ -120,6 +120,8 @@ def cifar10(data_dir: str | os.PathLike | None = None, download: bool = True,
     ``data_dir/cifar10``; else downloads it into ``data_dir/cifar10`` (MD5-verified).
     """
     root = Path(data_dir).expanduser() if data_dir is not None else CACHE_DIR
+    if data_dir is not None:
+        check_data_dir(root, download)
     for candidate in (root / CIFAR10_ARCHIVE, root / "cifar10" / CIFAR10_ARCHIVE):
         if candidate.is_file():
             break

@@ -15,6 +15,7 @@ and the problem, and never yields a silently shorter dataset.
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import zlib
@@ -55,11 +56,32 @@ def _read_bytes(path: Path) -> bytes:
     if not is_gzip:
         return raw
     try:
-        return gzip.decompress(raw)
+        return _gunzip_capped(raw, path)
     # Truncated streams raise EOFError, bad headers/CRCs BadGzipFile (an OSError), bad
     # deflate data zlib.error.
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: corrupt gzip ({type(e).__name__}: {e})") from e
+
+
+def _gunzip_capped(raw: bytes, path: Path) -> bytes:
+    """Inflate at most the header plus the data bytes the IDX header declares (and one byte
+    more, to see trailing data), so a decompression bomb costs no more memory than the file
+    it claims to be. Reading to the end of the stream also checks the gzip CRC."""
+    with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+        head = f.read(4)
+        if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_TYPES:
+            return head  # read_idx names the problem from these bytes
+        dims = f.read(4 * head[3])
+        if len(dims) < 4 * head[3]:
+            return head + dims
+        shape = np.frombuffer(dims, dtype=">u4")
+        size = math.prod(int(s) for s in shape) * IDX_TYPES[head[2]].itemsize
+        body = f.read(size)
+        if len(body) == size and f.read(1):
+            raise DataError(f"{path}: the gzip stream inflates past the {size} data bytes "
+                            f"its IDX header declares (shape {tuple(int(s) for s in shape)}); "
+                            "refused (trailing data, or a decompression bomb)")
+    return head + dims + body
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:

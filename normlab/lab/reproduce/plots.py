@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..atomic import atomic_savefig  # noqa: E402
 from ..experiment import Experiment  # noqa: E402
 
 __all__ = ["plot_ce_vs_acc", "plot_weight_sweep", "plot_percentiles", "plot_batch_size"]
@@ -23,7 +24,7 @@ __all__ = ["plot_ce_vs_acc", "plot_weight_sweep", "plot_percentiles", "plot_batc
 
 def _save(fig, path: Path) -> str:
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_savefig(fig, path)
     plt.close(fig)
     return Path(path).name
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write
 from ..datasets import Dataset
 from ..experiment import environment
 from ..report import json_safe
@@ -61,7 +62,6 @@ def write_repro_report(spec: ReproSpec, outcome: Outcome, data: Dataset, out: Pa
         "runs": [{k: [r.to_dict() for r in runs] for k, runs in exp.runs.items()}
                  | {"_config": exp.config.to_dict()} for exp in outcome.experiments],
     }
-    (out / "results.json").write_text(json.dumps(json_safe(payload), indent=1, default=str))
     cfg = spec.config
     lines = [f"# {spec.name}: {spec.title}", ""]
     if quick:
@@ -84,5 +84,7 @@ def write_repro_report(spec: ReproSpec, outcome: Outcome, data: Dataset, out: Pa
         lines += [section, ""]
     lines += [f"![{p}]({p})" for p in outcome.plots]
     lines += ["", f"Environment: torch {env['torch']}, numpy {env['numpy']}, {env['platform']}."]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write(out / "report.md", "\n".join(lines) + "\n")
+    # Last: a results.json on disk means the whole folder was written.
+    atomic_write(out / "results.json", json.dumps(json_safe(payload), indent=1, default=str))
     return payload
