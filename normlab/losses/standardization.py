@@ -47,7 +47,7 @@ from ..distributed.collectives import is_distributed
 from ..distributed.moments import global_standardization_loss
 from ..distributed.runtime import STATS
 from ..functional.standardization import (
-    DEFAULT_EPS, check_floating, reduction_dims, standardization_loss,
+    DEFAULT_EPS, check_floating, implementation, reduction_dims, standardization_loss,
 )
 from ..nn_types import WEIGHT_LAYERS
 from .hooks import LayerHook, RootHook
@@ -178,9 +178,12 @@ class StandardizationLoss:
             # Plain ops that inductor fuses; AOT autograd handles in-place activations.
             self._pending.append((index, self.layer_loss(output, cd), channels))
             return None
-        if self._generic or (self.stats == "global" and is_distributed(self.process_group)):
-            term = (self.layer_loss(output, cd) if self._generic else
-                    global_standardization_loss(output, cd, self.eps, self.process_group))
+        if self._generic or implementation(output) == "kernel" or (
+                self.stats == "global" and is_distributed(self.process_group)):
+            # A subclass's term, the opt-in C++ kernel, or moments all-reduced across ranks.
+            term = (global_standardization_loss(output, cd, self.eps, self.process_group)
+                    if self.stats == "global" and is_distributed(self.process_group)
+                    else self.layer_loss(output, cd))
             self._pending.append((index, term, channels))
             return output.clone()  # the term's graph keeps `output`: in-place ops get a copy
         out, mean, var = tap_moments(output, cd % len(shape))
