@@ -81,6 +81,7 @@ def _ddp_grads(replica: Replica, method_name: str, mode: str, **options):
     if ref_aux is not None and mode == "global":
         aux_values = [ref_aux()]
     elif ref_aux is not None:
+        ref_aux()  # consume the full-batch forward's terms: every forward since a read counts
         for xs, _ in shards:
             ref(xs)
             aux_values.append(ref_aux())

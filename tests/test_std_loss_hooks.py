@@ -57,7 +57,7 @@ def test_layers_by_type_and_glob_and_errors():
     assert [n for n, _ in StandardizationLoss(model, layers=["0", nn.Linear]).layers] == ["0", "5", "7"]
     with pytest.raises(ValueError, match="matches no module"):
         StandardizationLoss(model, layers="features.*")
-    with pytest.raises(ValueError, match="no Conv1d/2d/3d or Linear"):
+    with pytest.raises(ValueError, match="no Conv/ConvTranspose/Linear"):
         StandardizationLoss(nn.Sequential(nn.ReLU()))
     with pytest.raises(ValueError, match="weight must be >= 0"):
         StandardizationLoss(model, weight=-1)
@@ -67,12 +67,12 @@ def test_remove_and_context_exit_leave_no_hooks():
     model = small_cnn()
     before = count_hooks(model)
     std = StandardizationLoss(model)
-    assert count_hooks(model) == before + 4  # 3 layer hooks + the root's pre-hook
+    assert count_hooks(model) == before + 5  # 4 candidates (the logit layer too) + the root
     std.remove()
     std.remove()  # idempotent
     assert count_hooks(model) == before and not std.attached
     with StandardizationLoss(model):
-        assert count_hooks(model) == before + 4
+        assert count_hooks(model) == before + 5
     assert count_hooks(model) == before
 
 
@@ -80,8 +80,8 @@ def test_nothing_computed_in_eval_or_no_grad(monkeypatch):
     import normlab.losses.standardization as mod
 
     calls = []
-    real = mod.standardization_loss
-    monkeypatch.setattr(mod, "standardization_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = mod.tap_moments
+    monkeypatch.setattr(mod, "tap_moments", lambda *a, **k: calls.append(1) or real(*a, **k))
     model = small_cnn()
     std = StandardizationLoss(model)
     model.eval()
@@ -91,7 +91,10 @@ def test_nothing_computed_in_eval_or_no_grad(monkeypatch):
         model(torch.randn(4, 1, 8, 8))
     assert calls == [] and std().item() == 0.0
     model(torch.randn(4, 1, 8, 8))
-    assert len(calls) == 3
+    assert len(calls) == 4  # every candidate runs in the first forward, the logit layer too
+    std()
+    model(torch.randn(4, 1, 8, 8))
+    assert len(calls) == 7  # from then on the logit layer is unhooked
 
 
 def test_each_training_forward_replaces_the_previous_values():

@@ -1,5 +1,7 @@
 """Auxiliary losses that attach to a model through removable hooks."""
 
-from .standardization import StandardizationLoss, select_layers
+from .selection import ATTENTION, DEFAULT_TYPES, SQUEEZE_EXCITE, select_layers
+from .standardization import REDUCTIONS, StandardizationLoss
 
-__all__ = ["StandardizationLoss", "select_layers"]
+__all__ = ["StandardizationLoss", "select_layers", "REDUCTIONS", "DEFAULT_TYPES",
+           "SQUEEZE_EXCITE", "ATTENTION"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..layers.torch_batch_norm import batch_norm
-from ..losses.standardization import STATS, StandardizationLoss
+from ..losses.standardization import REDUCTIONS, STATS, StandardizationLoss
 from . import METHODS
 from .base import BatchStatsMethod, Method
 
@@ -71,6 +71,8 @@ class StandardizationLossMethod(Method):
         stats: under data parallelism, moments of each rank's shard (``"replica"``, the
             paper's per-core choice) or of the global batch (``"global"``); see
             :class:`~normlab.losses.StandardizationLoss`.
+        reduction: ``"sum"`` (the paper's) or ``"mean"`` over channels and layers (width-
+            and depth-independent; a mean-weight ``w`` is a sum-weight ``w / channels``).
     """
 
     kind = "loss"
@@ -78,12 +80,17 @@ class StandardizationLossMethod(Method):
     batch_dependent = False
     inference = "none (loss dropped)"
 
-    def __init__(self, weight: float = 1.0, eps: float = 1e-5, stats: str = "replica") -> None:
+    def __init__(self, weight: float = 1.0, eps: float = 1e-5, stats: str = "replica",
+                 reduction: str = "sum") -> None:
         if stats not in STATS:
             raise ValueError(f"stats must be one of {STATS}, got {stats!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.weight = weight
         self.eps = eps
         self.stats = stats
+        self.reduction = reduction
 
     def auxiliary_loss(self, model: nn.Module) -> StandardizationLoss:
-        return StandardizationLoss(model, weight=self.weight, eps=self.eps, stats=self.stats)
+        return StandardizationLoss(model, weight=self.weight, eps=self.eps, stats=self.stats,
+                                   reduction=self.reduction)

@@ -6,6 +6,8 @@ Models (batch 128, 10 classes):
 - ``wide_cnn``: the same network with 64/128/256 channels on 3x32x32 (CIFAR-sized), where
   per-channel statistics are a larger share of the work than in the 8-32 channel paper net.
 - ``mlp``: the paper's 3x100 MLP (appendix A.2) on 1x28x28.
+- ``wide_cnn_inplace``: ``wide_cnn`` with ``ReLU(inplace=True)`` (torchvision style), for
+  ``bench memory``: an in-place activation after a hooked conv.
 
 A step is what :func:`normlab.lab.train.train` does per batch: ``zero_grad`` + forward +
 task loss (+ the method's auxiliary loss) + backward + ``step``, on a batch resident in
@@ -49,6 +51,8 @@ BENCH_MODELS: dict[str, BenchModel] = {
     "cnn": BenchModel("cnn", "cnn", (1, 28, 28)),
     "wide_cnn": BenchModel("wide_cnn", "cnn", (3, 32, 32), {"widths": (64, 128, 256)}),
     "mlp": BenchModel("mlp", "mlp", (1, 28, 28)),
+    "wide_cnn_inplace": BenchModel("wide_cnn_inplace", "cnn", (3, 32, 32),
+                                   {"widths": (64, 128, 256), "inplace": True}),
 }
 
 

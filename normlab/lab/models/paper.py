@@ -29,8 +29,10 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
 
 @MODELS.register("cnn")
 def cnn(method: Method, in_shape: Sequence[int], num_classes: int,
-        widths: Sequence[int] = (32, 16, 8), kernel: int = 5, stride: int = 2) -> nn.Module:
-    """The paper's CNN: ``len(widths)`` convolutions, each followed by ``method.block``."""
+        widths: Sequence[int] = (32, 16, 8), kernel: int = 5, stride: int = 2,
+        inplace: bool = False) -> nn.Module:
+    """The paper's CNN: ``len(widths)`` convolutions, each followed by ``method.block``
+    (``inplace=True``: ``ReLU(inplace=True)``, as torchvision writes its CNNs)."""
     if len(in_shape) != 3:
         raise ValueError(f"cnn needs (C, H, W) inputs, got in_shape={tuple(in_shape)}")
     channels, h, w = in_shape
@@ -38,7 +40,7 @@ def cnn(method: Method, in_shape: Sequence[int], num_classes: int,
     pad = kernel // 2
     for width in widths:
         layers.append(nn.Conv2d(channels, width, kernel, stride, pad, bias=method.conv_bias))
-        layers.append(method.block(width, 2, nn.ReLU()))
+        layers.append(method.block(width, 2, nn.ReLU(inplace=inplace)))
         channels, h, w = width, _conv_out(h, kernel, stride, pad), _conv_out(w, kernel, stride, pad)
     layers += [nn.Flatten(), nn.Linear(channels * h * w, num_classes)]
     return nn.Sequential(*layers)

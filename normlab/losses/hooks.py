@@ -1,0 +1,67 @@
+"""Forward hooks of the standardization loss that copies of a model do not carry along.
+
+Collins, Ballé & Shlens, "Accelerating Training of Deep Neural Networks with a Standardization
+Loss", 2019, arXiv:1903.00925: the loss hooks layer outputs of a model it does not own.
+
+``copy.deepcopy(model)``, ``pickle`` and ``torch.save(model)`` copy a module's hook
+dictionaries. A live hook copied along would either drag the loss's pending autograd graphs
+into the copy (which cannot be deep-copied) or keep feeding the *original* loss from the
+copy's forwards (an EMA or SWA copy training into the model's loss). So a hook copies to an
+:class:`InertHook`: it does nothing and unregisters itself the first time the copy runs. A
+copy is the bare model; attach a new loss to it to train it with one.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+__all__ = ["LayerHook", "RootHook", "InertHook"]
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+               "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
+
+
+class InertHook:
+    """What a loss hook becomes in a copied module: a no-op that removes itself when called."""
+
+    def __call__(self, module: nn.Module, *args) -> None:
+        hooks = getattr(module, "_forward_hooks", {})
+        for key in [k for k, h in list(hooks.items()) if h is self]:
+            for name in _HOOK_DICTS:
+                getattr(module, name, {}).pop(key, None)
+        return None
+
+
+class _CopiesInert:
+    def __deepcopy__(self, memo) -> InertHook:
+        return InertHook()
+
+    def __reduce__(self):
+        return (InertHook, ())
+
+    def __copy__(self):  # a shallow copy shares the loss, as the module it hooks is shared
+        return self
+
+
+class LayerHook(_CopiesInert):
+    """Forward hook on one hooked layer: ``loss._on_output(index, module, output)``."""
+
+    __slots__ = ("loss", "index")
+
+    def __init__(self, loss, index: int) -> None:
+        self.loss, self.index = loss, index
+
+    def __call__(self, module: nn.Module, args, output):
+        return self.loss._on_output(self.index, module, output)
+
+
+class RootHook(_CopiesInert):
+    """Forward hook on the model itself: the end of a forward of the whole model."""
+
+    __slots__ = ("loss",)
+
+    def __init__(self, loss) -> None:
+        self.loss = loss
+
+    def __call__(self, module: nn.Module, args, output) -> None:
+        self.loss._on_root_forward(module)
