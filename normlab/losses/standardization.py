@@ -33,7 +33,7 @@ from ..distributed.collectives import is_distributed
 from ..distributed.moments import global_standardization_loss
 from ..distributed.runtime import STATS
 from ..functional.standardization import DEFAULT_EPS, standardization_loss
-from ..nn_types import WEIGHT_LAYERS
+from ..nn_types import WEIGHT_LAYERS, PreActivation
 
 __all__ = ["StandardizationLoss", "select_layers", "WEIGHT_LAYERS", "STATS"]
 
@@ -46,21 +46,25 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> list[tuple[str,
     Args:
         model: any module.
         layers: ``None`` for every Conv1d/2d/3d and Linear except the last one registered
-            (the logit layer); otherwise a module type, a name glob (``"features.*"``) or a
-            sequence of them, each of which must match at least one module.
+            (the logit layer), and every :class:`~normlab.nn_types.PreActivation` (the gate
+            pre-activations of :mod:`normlab.layers.recurrent`); otherwise a module type, a
+            name glob (``"features.*"``) or a sequence of them, each of which must match at
+            least one module.
 
     Raises:
         ValueError: a pattern or type that matches nothing, or a model without weight layers.
     """
     named = [(n, m) for n, m in model.named_modules() if n or not list(model.children())]
     if layers is None:
-        chosen = [(n, m) for n, m in named if isinstance(m, WEIGHT_LAYERS)]
-        if not chosen:
+        weights = [n for n, m in named if isinstance(m, WEIGHT_LAYERS)]
+        taps = [n for n, m in named if isinstance(m, PreActivation)]
+        if not weights and not taps:
             raise ValueError(
                 f"{type(model).__name__} has no Conv1d/2d/3d or Linear layer to attach the "
                 f"standardization loss to; pass layers= to choose modules"
             )
-        return chosen[:-1]
+        keep = set(weights[:-1]) | set(taps)  # every weight layer but the logits, every tap
+        return [(n, m) for n, m in named if n in keep]
     specs: Iterable = [layers] if isinstance(layers, (str, type)) else layers
     chosen: dict[str, nn.Module] = {}
     for spec in specs:
@@ -124,7 +128,9 @@ class StandardizationLoss:
         self._total: Tensor | None = None
         self._handles = [model.register_forward_pre_hook(self._start_forward)]
         for name, module in self.layers:
-            cd = channel_dim if channel_dim is not None else (-1 if isinstance(module, nn.Linear) else 1)
+            cd = channel_dim if channel_dim is not None else (
+                module.channel_dim if isinstance(module, PreActivation)
+                else -1 if isinstance(module, nn.Linear) else 1)
             self._handles.append(module.register_forward_hook(self._make_hook(name, cd)))
 
     def _start_forward(self, module: nn.Module, args) -> None:
