@@ -22,9 +22,9 @@ LENGTHS = torch.tensor([3, 6, 1, 6, 4])  # unsorted, with ties and a length-1 se
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
-def _pair(cls, dtype, **kwargs):
+def _pair(cls, dtype, taps="gates", **kwargs):
     ref = cls(5, 7, **kwargs).to(dtype)
-    return ref, convert_recurrent(copy.deepcopy(ref))
+    return ref, convert_recurrent(copy.deepcopy(ref), taps=taps)
 
 
 def _hidden(out):
@@ -39,9 +39,11 @@ def _close(a, b, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("taps", ["gates", "projections"])
 @pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
-def test_forward_and_gradients_equal_torch(cls, bidirectional, packed, dtype):
-    ref, ours = _pair(cls, dtype, num_layers=2, batch_first=True, bidirectional=bidirectional)
+def test_forward_and_gradients_equal_torch(cls, taps, bidirectional, packed, dtype):
+    ref, ours = _pair(cls, dtype, taps, num_layers=2, batch_first=True,
+                      bidirectional=bidirectional)
     assert isinstance(ours, {nn.LSTM: LSTM, nn.GRU: GRU}[cls])
     x = torch.randn(5, 6, 5, dtype=dtype)
     d = 4 if bidirectional else 2
@@ -98,28 +100,35 @@ def _kl(rows: torch.Tensor, eps: float) -> torch.Tensor:
     return 0.5 * (mu ** 2 + var - torch.log(var + eps) - 1).sum()
 
 
-def _lstm_gates_reference(module: nn.LSTM, x: torch.Tensor, lengths) -> torch.Tensor:
-    """Gate pre-activations of every valid step, one sequence at a time (float64 loop)."""
+def _lstm_gates_reference(module: nn.LSTM, x: torch.Tensor,
+                          lengths) -> dict[str, torch.Tensor]:
+    """Gate pre-activations and the two bias-free projections of every valid step, one
+    sequence at a time (float64 loop)."""
     w_ih, w_hh, b_ih, b_hh = (module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0,
                               module.bias_hh_l0)
-    rows = []
+    rows, inputs, hiddens = [], [], []
     for n, length in enumerate(lengths.tolist()):
         h = torch.zeros(module.hidden_size, dtype=x.dtype)
         c = torch.zeros_like(h)
         for t in range(length):
             a = w_ih @ x[n, t] + b_ih + w_hh @ h + b_hh
             rows.append(a)
+            inputs.append(w_ih @ x[n, t])
+            hiddens.append(w_hh @ h)
             i, f, g, o = a.chunk(4)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
-    return torch.stack(rows)
+    return {"gates_l0": torch.stack(rows), "input_proj_l0": torch.stack(inputs),
+            "hidden_proj_l0": torch.stack(hiddens)}
 
 
-def test_loss_is_the_kl_of_valid_gate_rows_and_ignores_huge_padding():
+@pytest.mark.parametrize("taps", ["gates", "projections"])
+def test_loss_is_the_kl_of_valid_rows_and_ignores_huge_padding(taps):
     ref = nn.LSTM(5, 7, batch_first=True).double()
-    ours = convert_recurrent(copy.deepcopy(ref)).train()
+    ours = convert_recurrent(copy.deepcopy(ref), taps=taps).train()
     std = StandardizationLoss(ours)
-    assert [n for n, _ in std.layers] == ["gates_l0"]
+    names = ["gates_l0"] if taps == "gates" else ["input_proj_l0", "hidden_proj_l0"]
+    assert [n for n, _ in std.layers] == names
     x = torch.randn(5, 6, 5, dtype=torch.float64)
     pad = torch.arange(6)[None, :] >= LENGTHS[:, None]
     values = []
@@ -127,7 +136,8 @@ def test_loss_is_the_kl_of_valid_gate_rows_and_ignores_huge_padding():
         xp = x.masked_fill(pad[..., None], fill)
         ours(pack_padded_sequence(xp, LENGTHS, batch_first=True, enforce_sorted=False))
         values.append(std())
-    expected = _kl(_lstm_gates_reference(ref, x, LENGTHS), std.eps)
+    reference = _lstm_gates_reference(ref, x, LENGTHS)
+    expected = sum(_kl(reference[n], std.eps) for n in names)
     assert torch.allclose(values[0], expected, rtol=1e-10, atol=0)
     assert torch.equal(values[0], values[1])
 
@@ -215,3 +225,8 @@ def test_convert_returns_the_model_and_keeps_training_mode():
     assert isinstance(converted, LSTM) and not converted.training
     seq = nn.Sequential(nn.GRU(5, 7))
     assert convert_recurrent(seq) is seq and isinstance(seq[0], GRU)
+
+
+def test_unknown_taps_list_the_known_ones():
+    with pytest.raises(ValueError, match="unknown taps 'hidden'; known: gates, projections"):
+        LSTM(5, 7, taps="hidden")

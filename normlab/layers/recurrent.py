@@ -25,6 +25,12 @@ a learned gain and bias) is ``LSTM(..., gate_norm=nn.LayerNorm)``: ``gate_norm(G
 applied to ``a_t`` of each step, before the gate nonlinearities, one module per layer and
 direction.
 
+``taps="projections"`` moves the taps to where Cooijmans et al. put their normalizations:
+``W_ih x_t`` (``input_proj_l{k}``) and ``W_hh h_{t-1}`` (``hidden_proj_l{k}``) apart and
+without the biases, so a loss on them leaves each gate's bias free to set its mean (their
+forget-gate bias, for one, is not meant to be 0). The hidden projection of step 0 is
+``W_hh h_0`` (zero rows for a zero initial state) and is included.
+
 :class:`LSTM` and :class:`GRU` take torch's constructor arguments and have torch's parameter
 names and shapes (``weight_ih_l0``, ``bias_hh_l1_reverse``, ...), so a state dict moves
 between them and ``nn.LSTM``/``nn.GRU`` both ways; :func:`convert_recurrent` swaps every
@@ -44,7 +50,10 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..nn_types import PreActivation
 
-__all__ = ["LSTM", "GRU", "convert_recurrent"]
+__all__ = ["LSTM", "GRU", "convert_recurrent", "TAPS"]
+
+#: where the PreActivation taps sit: the summed gate inputs, or the two projections apart
+TAPS = ("gates", "projections")
 
 
 class _Recurrent(nn.Module):
@@ -56,9 +65,12 @@ class _Recurrent(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None,
-                 gate_norm: Callable[[int], nn.Module] | None = None) -> None:
+                 gate_norm: Callable[[int], nn.Module] | None = None,
+                 taps: str = "gates") -> None:
         super().__init__()
         name = type(self).__name__
+        if taps not in TAPS:
+            raise ValueError(f"{name}: unknown taps {taps!r}; known: {', '.join(TAPS)}")
         if input_size < 1 or hidden_size < 1 or num_layers < 1:
             raise ValueError(f"{name}: input_size, hidden_size and num_layers must be >= 1, got "
                              f"{input_size}, {hidden_size}, {num_layers}")
@@ -68,7 +80,7 @@ class _Recurrent(nn.Module):
             raise ValueError(f"{name}: proj_size={proj_size} is not supported (use 0)")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
-        self.bidirectional, self.proj_size = bidirectional, 0
+        self.bidirectional, self.proj_size, self.taps = bidirectional, 0, taps
         gates = self.num_gates * hidden_size
         factory = {"device": device, "dtype": dtype}
         for layer in range(num_layers):
@@ -82,7 +94,8 @@ class _Recurrent(nn.Module):
                 if bias:
                     setattr(self, f"bias_ih_{key}", nn.Parameter(torch.empty(gates, **factory)))
                     setattr(self, f"bias_hh_{key}", nn.Parameter(torch.empty(gates, **factory)))
-                setattr(self, f"gates_{key}", PreActivation(channel_dim=-1))
+                for tap in (("gates",) if taps == "gates" else ("input_proj", "hidden_proj")):
+                    setattr(self, f"{tap}_{key}", PreActivation(channel_dim=-1))
                 if gate_norm is not None:
                     setattr(self, f"gate_norm_{key}", gate_norm(gates).to(**factory))
         self.reset_parameters()
@@ -105,9 +118,10 @@ class _Recurrent(nn.Module):
     def flatten_parameters(self) -> None:
         """No-op, for code written for ``nn.LSTM`` (there is no cuDNN weight buffer here)."""
 
-    def _cell(self, x_t: Tensor, h: Tensor, c: Tensor | None, w_hh: Tensor, b_hh: Tensor | None,
+    def _cell(self, x_t: Tensor, h_t: Tensor, h: Tensor, c: Tensor | None,
               norm: nn.Module | None) -> tuple[Tensor, Tensor, Tensor | None]:
-        """One step: ``(gate pre-activation, h_t, c_t)`` from ``x_t = W_ih x + b_ih``."""
+        """One step: ``(gate pre-activation, h_t, c_t)`` from ``x_t = W_ih x + b_ih`` and
+        ``h_t = W_hh h + b_hh``."""
         raise NotImplementedError
 
     def _direction(self, key: str, reverse: bool, data: Tensor, steps: list[int], h0: Tensor,
@@ -119,7 +133,12 @@ class _Recurrent(nn.Module):
         b_ih = getattr(self, f"bias_ih_{key}") if self.bias else None
         b_hh = getattr(self, f"bias_hh_{key}") if self.bias else None
         norm = getattr(self, f"gate_norm_{key}", None)
-        inputs = F.linear(data, w_ih, b_ih).split(steps)  # all steps in one matmul
+        projections = self.taps == "projections"
+        inputs = F.linear(data, w_ih, None if projections else b_ih)  # all steps, one matmul
+        if projections:
+            getattr(self, f"input_proj_{key}")(inputs)
+            inputs = inputs if b_ih is None else inputs + b_ih
+        inputs = inputs.split(steps)
         n_steps = len(steps)
         outputs: list[Tensor | None] = [None] * n_steps
         pres: list[Tensor | None] = [None] * n_steps
@@ -139,10 +158,15 @@ class _Recurrent(nn.Module):
             elif rows > h.shape[0]:  # reverse: sequences that start later join
                 h = torch.cat([h, h0[h.shape[0]:rows]])
                 c = None if c is None else torch.cat([c, c0[c.shape[0]:rows]])
-            pres[t], h, c = self._cell(inputs[t], h, c, w_hh, b_hh, norm)
+            if projections:  # W_hh h without its bias, for the hidden_proj tap
+                pres[t] = hidden = F.linear(h, w_hh)
+                hidden = hidden if b_hh is None else hidden + b_hh
+                _, h, c = self._cell(inputs[t], hidden, h, c, norm)
+            else:
+                pres[t], h, c = self._cell(inputs[t], F.linear(h, w_hh, b_hh), h, c, norm)
             outputs[t] = h
         # the tap: all valid rows of all steps, statistics over batch and time
-        getattr(self, f"gates_{key}")(torch.cat(pres))
+        getattr(self, f"{'hidden_proj' if projections else 'gates'}_{key}")(torch.cat(pres))
         h_n = torch.cat([h] + done_h[::-1])
         c_n = None if c is None else torch.cat([c] + done_c[::-1])
         return torch.cat(outputs), h_n, c_n
@@ -242,13 +266,15 @@ class LSTM(_Recurrent):
         gate_norm: optional ``factory(num_features) -> module`` applied to each step's
             ``(rows, 4 * hidden_size)`` gate pre-activations before the nonlinearities;
             ``nn.LayerNorm`` gives Ba et al.'s layer-normalized LSTM (module docstring).
+        taps: ``"gates"`` or ``"projections"``: what the PreActivation taps see (module
+            docstring).
     """
 
     num_gates = 4
     has_cell = True
 
-    def _cell(self, x_t, h, c, w_hh, b_hh, norm):
-        pre = x_t + F.linear(h, w_hh, b_hh)
+    def _cell(self, x_t, h_t, h, c, norm):
+        pre = x_t + h_t
         i, f, g, o = (pre if norm is None else norm(pre)).chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return pre, torch.sigmoid(o) * torch.tanh(c), c
@@ -261,6 +287,7 @@ class GRU(_Recurrent):
     Args:
         input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
             device, dtype: as in ``torch.nn.GRU``.
+        taps: ``"gates"`` (the stacked ``r, z, n`` pre-activations) or ``"projections"``.
     """
 
     num_gates = 3
@@ -271,9 +298,9 @@ class GRU(_Recurrent):
                              "hidden projection after the reset gate); use LSTM")
         super().__init__(*args, **kwargs)
 
-    def _cell(self, x_t, h, c, w_hh, b_hh, norm):
+    def _cell(self, x_t, h_t, h, c, norm):
         x_r, x_z, x_n = x_t.chunk(3, 1)
-        h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, 1)
+        h_r, h_z, h_n = h_t.chunk(3, 1)
         r_pre, z_pre = x_r + h_r, x_z + h_z
         r, z = torch.sigmoid(r_pre), torch.sigmoid(z_pre)
         n_pre = x_n + r * h_n
@@ -284,7 +311,7 @@ class GRU(_Recurrent):
 _CONVERT: dict[type[nn.Module], type[_Recurrent]] = {nn.LSTM: LSTM, nn.GRU: GRU}
 
 
-def _converted(module: nn.RNNBase) -> _Recurrent:
+def _converted(module: nn.RNNBase, taps: str) -> _Recurrent:
     if module.proj_size:
         raise ValueError(f"convert_recurrent: {module!r} has proj_size={module.proj_size}, "
                          f"which normlab's LSTM does not implement")
@@ -292,26 +319,27 @@ def _converted(module: nn.RNNBase) -> _Recurrent:
     new = _CONVERT[type(module)](
         module.input_size, module.hidden_size, module.num_layers, module.bias,
         module.batch_first, module.dropout, module.bidirectional,
-        device=ref.device, dtype=ref.dtype)
+        device=ref.device, dtype=ref.dtype, taps=taps)
     new.load_state_dict(module.state_dict())
     return new.train(module.training)
 
 
-def convert_recurrent(model: nn.Module) -> nn.Module:
+def convert_recurrent(model: nn.Module, taps: str = "gates") -> nn.Module:
     """Swap every ``nn.LSTM``/``nn.GRU`` of ``model`` for normlab's, with the same weights.
 
     Like ``nn.SyncBatchNorm.convert_sync_batchnorm``, submodules are replaced in place and
     the model is returned (a new module when ``model`` itself is an ``nn.LSTM``/``nn.GRU``).
     Outputs are torch's up to floating-point rounding; the gate pre-activations are then
-    visible to the standardization loss through the ``gates_l*`` taps.
+    visible to the standardization loss through the ``gates_l*`` taps (or, with
+    ``taps="projections"``, the ``input_proj_l*`` and ``hidden_proj_l*`` taps).
 
     Raises:
         ValueError: an LSTM with ``proj_size > 0``.
     """
     if type(model) in _CONVERT:
-        return _converted(model)
+        return _converted(model, taps)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) in _CONVERT:
-                setattr(parent, name, _converted(child))
+                setattr(parent, name, _converted(child, taps))
     return model

@@ -16,6 +16,10 @@ How each kind of method acts on it:
   (their own ``block``) have no place in an LSTM cell and are refused.
 - ``std_loss``: hooks the gate taps ``rnn.gates_l{k}``, one per layer: the loss of the gate
   pre-activations with moments over batch and time (:mod:`normlab.layers.recurrent`).
+  ``lstm_proj`` is the same network with the taps on ``W_ih x_t`` and ``W_hh h_{t-1}``
+  apart and without the biases (``rnn.input_proj_l{k}``, ``rnn.hidden_proj_l{k}``), where
+  Cooijmans et al. put their batch norms: the loss then leaves the gate biases free (a
+  forget-gate bias need not have mean 0).
 - weight and gradient methods act on the parameters as on any model.
 """
 
@@ -43,10 +47,13 @@ class SequenceLSTM(nn.Module):
         gate_norm: ``factory(num_features)`` applied to each step's gate pre-activations, or
             ``None``.
         bias: whether the LSTM has its two biases.
+        taps: where the standardization loss looks (``"gates"`` or ``"projections"``; see
+            :data:`normlab.layers.recurrent.TAPS`).
     """
 
     def __init__(self, in_shape: Sequence[int], num_classes: int, hidden: int = 64,
-                 num_layers: int = 1, gate_norm=None, bias: bool = True) -> None:
+                 num_layers: int = 1, gate_norm=None, bias: bool = True,
+                 taps: str = "gates") -> None:
         super().__init__()
         if len(in_shape) not in (2, 3):
             raise ValueError(f"lstm needs (C, H, W) images or (T, F) sequences, got "
@@ -54,7 +61,7 @@ class SequenceLSTM(nn.Module):
         self.in_shape = tuple(in_shape)
         features = in_shape[-1] if len(in_shape) == 2 else in_shape[0] * in_shape[2]
         self.rnn = LSTM(features, hidden, num_layers, bias=bias, batch_first=True,
-                        gate_norm=gate_norm)
+                        gate_norm=gate_norm, taps=taps)
         self.fc = nn.Linear(hidden, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -66,7 +73,7 @@ class SequenceLSTM(nn.Module):
 
 @MODELS.register("lstm")
 def lstm(method: Method, in_shape: Sequence[int], num_classes: int, hidden: int = 64,
-         num_layers: int = 1) -> nn.Module:
+         num_layers: int = 1, taps: str = "gates") -> nn.Module:
     """A ``hidden``-unit LSTM over the rows of the input, with ``method`` on its gates."""
     if type(method).block is not Method.block:
         raise ValueError(f"lstm: method {method.name!r} replaces the activation after each "
@@ -74,4 +81,10 @@ def lstm(method: Method, in_shape: Sequence[int], num_classes: int, hidden: int 
     gates = 4 * hidden
     gate_norm = (lambda c: method.norm(c, 0)) if method.norm(gates, 0) is not None else None
     return SequenceLSTM(in_shape, num_classes, hidden, num_layers, gate_norm,
-                        bias=method.conv_bias)
+                        bias=method.conv_bias, taps=taps)
+
+
+@MODELS.register("lstm_proj")
+def lstm_proj(method: Method, in_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """``lstm`` with the loss's taps on the input and hidden projections apart, bias-free."""
+    return lstm(method, in_shape, num_classes, taps="projections")
