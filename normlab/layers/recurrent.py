@@ -88,7 +88,8 @@ class _Recurrent(nn.Module):
             for suffix in self._suffixes:
                 key = f"l{layer}{suffix}"
                 # torch's registration order: w_ih, w_hh, b_ih, b_hh per layer and direction
-                setattr(self, f"weight_ih_{key}", nn.Parameter(torch.empty(gates, width, **factory)))
+                setattr(self, f"weight_ih_{key}",
+                        nn.Parameter(torch.empty(gates, width, **factory)))
                 setattr(self, f"weight_hh_{key}",
                         nn.Parameter(torch.empty(gates, hidden_size, **factory)))
                 if bias:
