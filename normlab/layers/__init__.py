@@ -2,6 +2,8 @@
 
 Every normlab layer derives from :class:`NormLayer` (what surgery reads: ``eval_affine``,
 ``without_norm``, ``spatial_dims``); ``batch_norm`` builds torch's own BatchNorm.
+:mod:`.recurrent` holds drop-in ``LSTM``/``GRU`` whose gate pre-activations the
+standardization loss sees, and ``convert_recurrent``.
 """
 
 from .base import NormLayer
@@ -15,6 +17,7 @@ from .ic_layer import ICLayer
 from .kalman_norm import KalmanNorm
 from .mixture_norm import MixtureNorm
 from .proxy_norm import ProxyNormActivation
+from .recurrent import GRU, LSTM, convert_recurrent
 
 __all__ = [
     "NormLayer", "batch_norm",
@@ -22,4 +25,5 @@ __all__ = [
     "GroupNorm", "GroupNorm1", "InstanceNorm",
     "FilterResponseNorm", "ProxyNormActivation", "ICLayer",
     "KalmanNorm", "MixtureNorm", "DecorrelatedBatchNorm",
+    "LSTM", "GRU", "convert_recurrent",
 ]
