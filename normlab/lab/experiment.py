@@ -216,8 +216,9 @@ def run_experiment(
         total = sum(per[k[0], k[1]] for k in todo) / max(1, min(jobs, len(todo)))
         log(f"{len(todo)} runs ({len(methods)} methods x {len(sizes)} batch sizes x "
             f"{len(exp.seeds)} seeds{f', {len(done)} done' if done else ''}): about "
-            f"{_human(total)} on {min(jobs, len(todo))} process(es), from a timed step "
-            "per method and batch size")
+            f"{_human(total)} on {min(jobs, len(todo))} process(es)"
+            + (" after the workers start" if jobs > 1 else "")
+            + ", from a timed step per method and batch size")
 
     def finished(key: tuple, result: RunResult) -> None:
         done[key] = result

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from ..methods import Method
 from ..surgery import is_norm_layer, remove_norm, replace_norm
 
-__all__ = ["load_model_fn", "is_model_spec", "build_variant", "describe", "ModelFn"]
+__all__ = ["load_model_fn", "is_model_spec", "build_variant", "describe", "ModelFn", "UserModel"]
 
 ModelFn = Callable[[], nn.Module]
 
@@ -193,3 +193,28 @@ def describe(method: Method, report: list, model: nn.Module) -> str:
     elif method.kind == "weight":
         parts.append("weights reparametrized")
     return "; ".join(parts) or "unchanged"
+
+
+class UserModel:
+    """A picklable model function named by ``MODULE:FUNCTION`` or ``file.py:FUNCTION``:
+    worker processes re-import it by its spec (a function loaded from a file has no module
+    path they could import by)."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self._fn = load_model_fn(spec)  # fail here, with one line, not in a worker
+
+    @property
+    def label(self) -> str:
+        """A name fit for a folder: ``file-FUNCTION`` / ``module.sub-FUNCTION``."""
+        target, _, attr = self.spec.rpartition(":")
+        return f"{Path(target).stem if target.endswith('.py') else target}-{attr}"
+
+    def __call__(self) -> nn.Module:
+        return self._fn()
+
+    def __getstate__(self) -> dict:
+        return {"spec": self.spec}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["spec"])
