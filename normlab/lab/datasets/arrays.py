@@ -148,11 +148,13 @@ def from_arrays(x_train, y_train, x_test, y_test, name: str = "arrays",
                 raise DataError(f"{name}: {k} must be one label per row (N,), got shape "
                                 f"{tuple(y.shape)}")
             t[k] = y.long()
-        low = min(int(t["y_train"].min()), int(t["y_test"].min()))
-        high = max(int(t["y_train"].max()), int(t["y_test"].max()))
-        classes = num_classes if num_classes is not None else high + 1
-        if low < 0 or high >= classes:
-            raise DataError(f"{name}: labels must be in [0, {classes}), found {low}..{high}")
+        classes = num_classes if num_classes is not None else int(t["y_train"].max()) + 1
+        for k in ("y_train", "y_test"):
+            low, high = int(t[k].min()), int(t[k].max())
+            if low < 0 or high >= classes:
+                raise DataError(f"{name}: {k} labels must be in [0, {classes}) ("
+                                + ("given num_classes" if num_classes is not None else
+                                   "the classes of y_train") + f"), found {low}..{high}")
         if classes < 2:
             raise DataError(f"{name}: a classification needs at least 2 classes, found {classes}")
     else:
