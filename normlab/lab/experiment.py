@@ -206,8 +206,8 @@ def run_experiment(
     todo = [k for k in keys if k not in done]
 
     if eta and todo and main:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1 if jobs > 1 else threads)
+        threads = torch.get_num_threads()  # time at the thread count the runs will use
+        torch.set_num_threads(1 if jobs > 1 else (config.threads or threads))
         try:
             per = {(label, b): estimate_seconds(configs[b], data, methods[label], model_fn)
                    for label, b in dict.fromkeys((k[0], k[1]) for k in todo)}

@@ -20,7 +20,7 @@ from ...distributed import RankFailedError, Replica, launch
 from ...methods import METHODS
 from ..bench.allocator import tune_malloc
 from ..experiment import run_experiment
-from ..parallel import WorkerError, terminate_as_interrupt
+from ..parallel import Terminated, WorkerError, terminate_as_interrupt
 from ..report import format_batch_table, format_table, write_report
 from ..runstore import RunStore
 from ._options import (add_config_args, batch_sizes_from_args, config_from_args,
@@ -77,7 +77,9 @@ def _train_and_report(replica: Replica | None, args: argparse.Namespace, names: 
         what = "interrupted" if isinstance(err, KeyboardInterrupt) else f"error: {err}"
         print(f"normlab {args.command}: {what}; {store.count()} finished runs kept in "
               f"{store.folder} (add --resume to continue)", file=sys.stderr)
-        return 130 if isinstance(err, KeyboardInterrupt) else 1
+        if isinstance(err, KeyboardInterrupt):  # the shell's codes: 128 + signal number
+            return 143 if isinstance(err, Terminated) else 130
+        return 1
     if main:
         for label, done in exp.surgery.items():
             print(f"{label}: {done}")
