@@ -34,10 +34,10 @@ def sweep(tmp_path):
     np.savez(tmp_path / "d.npz", x_train=x[:150], y_train=y[:150], x_test=x[150:],
              y_test=y[150:])
 
-    def args(out: str, *extra: str, steps: int = 400) -> list[str]:
+    def args(out: str, *extra: str, steps: int = 400, seeds: int = 1) -> list[str]:
         return [sys.executable, "-m", "normlab", "compare", "--model", f"{tmp_path}/m.py:net",
                 "--dataset", str(tmp_path / "d.npz"), "--methods", "none,batch_norm",
-                "--batch-sizes", "8,16", "--batch-size", "16", "--seeds", "2", "--steps",
+                "--batch-sizes", "8,16", "--batch-size", "16", "--seeds", str(seeds), "--steps",
                 str(steps), "--eval-every", "100", "--threads", "1", "--no-progress",
                 "--out", str(tmp_path / out), *extra]
     return tmp_path, args
@@ -98,7 +98,7 @@ def _curves(path: Path) -> dict:
 
 def test_ctrl_c_keeps_finished_runs_and_resume_equals_uninterrupted(sweep):
     tmp, args = sweep
-    proc = _start(args("cut", steps=1000))
+    proc = _start(args("cut", steps=1000, seeds=2))
     _wait_for_runs(tmp / "cut" / "runs", 1, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
@@ -107,11 +107,11 @@ def test_ctrl_c_keeps_finished_runs_and_resume_equals_uninterrupted(sweep):
     assert "Traceback" not in err and "finished runs kept in" in lines[-1]
     kept = len(list((tmp / "cut" / "runs").glob("*.json")))
     assert 1 <= kept < 8 and not (tmp / "cut" / "results.json").exists()
-    resumed = _start(args("cut", "--resume", steps=1000))
+    resumed = _start(args("cut", "--resume", steps=1000, seeds=2))
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert f"resuming: {kept} of 8 runs" in out
-    whole = _start(args("whole", steps=1000))
+    whole = _start(args("whole", steps=1000, seeds=2))
     assert whole.communicate(timeout=300)[0] and whole.returncode == 0
     assert _curves(tmp / "cut" / "results.json") == _curves(tmp / "whole" / "results.json")
 
