@@ -205,7 +205,7 @@ def run_experiment(
             log(f"resuming: {len(done)} of {len(keys)} runs already in {store.folder}")
     todo = [k for k in keys if k not in done]
 
-    if eta and todo and main:
+    if eta and todo and replica is None:  # a timed step on one rank would stall the others
         threads = torch.get_num_threads()  # time at the thread count the runs will use
         torch.set_num_threads(1 if jobs > 1 else (config.threads or threads))
         try:

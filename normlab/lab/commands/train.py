@@ -70,7 +70,7 @@ def _train_and_report(replica: Replica | None, args: argparse.Namespace, names: 
                              replica=replica, jobs=args.jobs, data_spec=dataset_spec(args),
                              batch_sizes=sizes, lr_scaling=args.lr_scaling, model_fn=model_fn,
                              model_name=model_name, store=store if main else None,
-                             resume=args.resume, eta=main)
+                             resume=args.resume, eta=replica is None)
     except (KeyboardInterrupt, WorkerError) as err:
         if not main:
             raise
