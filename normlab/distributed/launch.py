@@ -107,6 +107,14 @@ def _worker(rank: int, fn: Callable[..., Any], args: tuple, config: DistributedC
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(config.nproc), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(config.nproc))
+    # tqdm's default write lock is a multiprocessing semaphore registered with the parent's
+    # resource tracker; a rank stopped by a signal could not unregister it (a "leaked
+    # semaphore" warning after every interrupted run). Bars are written from one process per
+    # rank, so a thread lock is all they need.
+    import threading
+
+    from tqdm.auto import tqdm
+    tqdm.set_lock(threading.RLock())
     if "OMP_NUM_THREADS" not in os.environ:  # N processes share the cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.nproc))
     joined = False
@@ -181,6 +189,11 @@ def spawn(fn: Callable[..., Any], args: tuple = (),
                 break
     finally:
         _stop(procs)
+        # Release the queue's semaphores now: an exception's traceback keeps this frame (and
+        # the queue) alive past the resource tracker, which would then warn of a leak.
+        messages.close()
+        messages.join_thread()
+        del messages
     if errors:
         # A rank killed by a signal sends no message; its peers then fail in a collective
         # (often before the parent sees the death), so the silent one is the cause.

@@ -21,13 +21,9 @@ import sys
 from typing import Sequence
 
 from . import commands
+from .interrupts import Terminated
 
 __all__ = ["main", "build_parser", "Terminated"]
-
-
-class Terminated(BaseException):
-    """Raised in the main thread when the process receives SIGTERM (like KeyboardInterrupt
-    for SIGINT), so cleanup runs before the process exits."""
 
 
 def _interrupted(signum, frame) -> None:
@@ -87,12 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # a failure during the work (disk full, I/O error)
         print(f"normlab {args.command}: failed: {_message(err)}", file=sys.stderr)
         return 1
+    except Terminated:  # before KeyboardInterrupt, its base class
+        print(f"normlab {args.command}: terminated (SIGTERM); stopped", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"normlab {args.command}: interrupted (Ctrl-C); stopped", file=sys.stderr)
         return 130
-    except Terminated:
-        print(f"normlab {args.command}: terminated (SIGTERM); stopped", file=sys.stderr)
-        return 143
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

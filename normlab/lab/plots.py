@@ -15,7 +15,19 @@ from .atomic import atomic_savefig  # noqa: E402
 from .experiment import Experiment  # noqa: E402
 from .train import eval_schedule  # noqa: E402
 
-__all__ = ["plot_accuracy", "plot_losses"]
+__all__ = ["plot_accuracy", "plot_losses", "plot_batch_sizes"]
+
+
+def _groups(exp: Experiment) -> dict[str, list]:
+    """Runs per curve: per method, or per (method, batch size) in a batch-size sweep."""
+    if len(exp.batch_sizes) == 1:
+        return dict(exp.runs)
+    return {f"{k} bs{b}": [r for r in runs if r.batch_size == b]
+            for b in exp.batch_sizes for k, runs in exp.runs.items()}
+
+
+def _metric_label(exp: Experiment) -> str:
+    return "test accuracy" if exp.task == "classification" else "test mse (lower is better)"
 
 
 def _band(ax, x, curves, label, smooth: int = 1) -> None:
@@ -52,9 +64,9 @@ def plot_accuracy(exp: Experiment, path: Path) -> Path:
     """Test accuracy vs step: seed mean, band = +- one std over seeds."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     steps = eval_schedule(exp.config)
-    for label, runs in exp.runs.items():
+    for label, runs in _groups(exp).items():
         _band(ax, steps, [r.test_acc for r in runs], label)
-    ax.set(xlabel="training step", ylabel="test accuracy",
+    ax.set(xlabel="training step", ylabel=_metric_label(exp),
            title=f"{exp.config.model} on {exp.dataset.name} ({len(exp.seeds)} seeds, mean ± std)")
     return _save(fig, [ax], path)
 
@@ -63,10 +75,27 @@ def plot_losses(exp: Experiment, path: Path) -> Path:
     """Training cross-entropy (smoothed) and test cross-entropy vs step."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
     smooth = max(1, exp.config.steps // 50)
-    for label, runs in exp.runs.items():
+    for label, runs in _groups(exp).items():
         _band(ax1, np.arange(1, exp.config.steps + 1), [r.train_loss for r in runs], label, smooth)
         _band(ax2, eval_schedule(exp.config), [r.test_loss for r in runs], label)
-    ax1.set(xlabel="training step", ylabel="train cross-entropy",
+    loss = "cross-entropy" if exp.task == "classification" else "mse"
+    ax1.set(xlabel="training step", ylabel=f"train {loss}",
             title=f"training loss (moving mean of {smooth})")
-    ax2.set(xlabel="training step", ylabel="test cross-entropy", title="test loss")
+    ax2.set(xlabel="training step", ylabel=f"test {loss}", title="test loss")
     return _save(fig, [ax1, ax2], path)
+
+
+def plot_batch_sizes(exp: Experiment, rows: list[dict], path: Path) -> Path:
+    """Final test metric vs batch size (log2 axis), one line per method, +- std over seeds."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for label in exp.runs:
+        mine = [r for r in rows if r["method"] == label]
+        scale = 100.0 if exp.task == "classification" else 1.0
+        ax.errorbar([r["batch_size"] for r in mine], [scale * r["final_acc_mean"] for r in mine],
+                    yerr=[scale * r["final_acc_std"] for r in mine], marker="o", capsize=3,
+                    label=label)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel=f"batch size (lr scaling: {exp.lr_scaling})",
+           ylabel=f"final {_metric_label(exp)}" + (" (%)" if exp.task == "classification" else ""),
+           title=f"{exp.config.model} on {exp.dataset.name}: {exp.config.steps} steps")
+    return _save(fig, [ax], path)

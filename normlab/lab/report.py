@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 
 from .atomic import atomic_write
-from .experiment import Experiment, environment, summarize
-from .plots import plot_accuracy, plot_losses
+from .experiment import Experiment, data_info, environment, summarize
+from .plots import plot_accuracy, plot_batch_sizes, plot_losses
 
-__all__ = ["write_report", "format_table", "json_safe", "REPORT_FILES"]
+__all__ = ["write_report", "format_table", "format_batch_table", "json_safe", "REPORT_FILES"]
 
 # What write_report puts in a results folder (normlab.lab.outdir.claim_out refuses to mix
 # them with an earlier run's).
-REPORT_FILES = ("results.json", "report.md", "accuracy.png", "loss.png")
+REPORT_FILES = ("results.json", "report.md", "accuracy.png", "loss.png", "batch_size.png")
 
 
 def _fmt_speedup(row: dict) -> str:
@@ -25,19 +25,48 @@ def _fmt_speedup(row: dict) -> str:
     return "never" if row["speedup"] is None else f"{row['speedup']:.2f}x"
 
 
+def _fmt_value(row: dict, mean: float, std: float | None = None) -> str:
+    """Accuracy in percent; a regression error as it is (4 significant digits)."""
+    if row.get("metric", "accuracy") == "accuracy":
+        return f"{100 * mean:.2f}%" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}%"
+    return f"{mean:.4g}" if std is None else f"{mean:.4g} ± {std:.2g}"
+
+
+def _metric_title(rows: list[dict]) -> str:
+    metric = rows[0].get("metric", "accuracy") if rows else "accuracy"
+    return "acc" if metric == "accuracy" else f"{metric}, lower is better"
+
+
 def format_table(rows: list[dict]) -> str:
-    """The markdown table of a summary (one row per method)."""
+    """The markdown table of a summary (one row per method, and batch size if several)."""
+    sweep = len({r.get("batch_size") for r in rows}) > 1
     lines = [
-        "| method | final test acc (mean ± std) | steps to baseline's best | speed-up | s/run |",
-        "|---|---|---|---|---|",
+        ("| batch | " if sweep else "| ") + f"method | final test {_metric_title(rows)} "
+        "(mean ± std) | steps to baseline's best | speed-up | s/run |",
+        "|---" * (6 if sweep else 5) + "|",
     ]
     for r in rows:
         steps = "never" if r["steps_to_target"] is None else str(r["steps_to_target"])
-        acc = f"{100 * r['final_acc_mean']:.2f} ± {100 * r['final_acc_std']:.2f}%"
+        acc = _fmt_value(r, r["final_acc_mean"], r["final_acc_std"])
         if r["diverged_seeds"]:
             acc += f" ({len(r['diverged_seeds'])} diverged)"
-        lines.append(f"| {r['method']} | {acc} | {steps} | {_fmt_speedup(r)} "
+        lines.append(("| " + str(r["batch_size"]) + " " if sweep else "")
+                     + f"| {r['method']} | {acc} | {steps} | {_fmt_speedup(r)} "
                      f"| {r['seconds_per_run']:.1f} |")
+    return "\n".join(lines)
+
+
+def format_batch_table(rows: list[dict]) -> str:
+    """Methods x batch sizes: the final test metric (mean ± std over seeds)."""
+    sizes = list(dict.fromkeys(r["batch_size"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["method"], r["batch_size"]): r for r in rows}
+    lines = [f"| method | " + " | ".join(f"batch {b}" for b in sizes) + " |",
+             "|---" * (len(sizes) + 1) + "|"]
+    for m in methods:
+        lines.append(f"| {m} | " + " | ".join(
+            _fmt_value(cell[m, b], cell[m, b]["final_acc_mean"], cell[m, b]["final_acc_std"])
+            for b in sizes) + " |")
     return "\n".join(lines)
 
 
@@ -75,15 +104,19 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
     rows = summarize(exp, baseline)
     command = command or "normlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     data = exp.dataset
+    info = data_info(data)
+    sweep = len(exp.batch_sizes) > 1
     payload = {
         "command": command,
         "config": exp.config.to_dict(),
-        "dataset": {"name": data.name, "source": data.source, "note": data.note,
-                    "train": len(data.x_train), "test": len(data.x_test)},
+        "dataset": info | {"note": data.note},
         "seeds": exp.seeds,
+        "batch_sizes": exp.batch_sizes,
+        "lr_scaling": exp.lr_scaling,
+        "model_surgery": exp.surgery,
         "methods": {k: {"name": m.name, "kind": m.kind, "options": m.options()}
                     for k, m in exp.methods.items()},
-        "environment": environment() | ({"torch_threads": str(threads)} if threads else {}),
+        "environment": environment(threads or exp.threads),
         "distributed": exp.distributed,
         "summary": rows,
         "runs": {k: [_run_record(r, 1.0 / data.num_classes) for r in runs]
@@ -91,32 +124,47 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
     }
     plot_accuracy(exp, out / "accuracy.png")
     plot_losses(exp, out / "loss.png")
+    if sweep:
+        plot_batch_sizes(exp, rows, out / "batch_size.png")
     cfg = exp.config
     lines = [
         f"# {cfg.model} on {data.name}: {', '.join(exp.runs)}",
         "",
         f"Command: `{command}`",
         "",
-        f"Data: {data.name}, {len(data.x_train)} train / {len(data.x_test)} test images "
-        f"({data.source}).",
+        f"Data: {data.name}, {info['train']} train / {info['test'] or '?'} test examples "
+        f"({data.source}); {info['task']}, test metric: {rows[0]['metric']}"
+        + ("" if rows[0]["metric"] == "accuracy" else " (lower is better)") + ".",
     ]
+    if exp.surgery:
+        lines += ["", "What was done to the model for each method:", ""]
+        lines += [f"- {k}: {v}" for k, v in exp.surgery.items()]
     if data.note:
         lines += ["", f"**Note: {data.note}**"]
     lines += [
         "",
-        f"Budget: {cfg.steps} steps, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}"
+        f"Budget: {cfg.steps} steps, batch "
+        + (", ".join(f"{r['batch_size']} (lr {r['lr']:.3g})" for r in rows
+                     if r["method"] == rows[0]["method"]) + f" (lr scaling: {exp.lr_scaling})"
+           if sweep else f"{cfg.batch_size}")
+        + f", {cfg.optimizer} lr {cfg.lr}"
         f" (momentum {cfg.momentum}), weight decay {cfg.weight_decay}; {len(exp.seeds)} seeds "
         f"({', '.join(map(str, exp.seeds))}); test set evaluated every {cfg.eval_every} steps.",
         "",
         *([f"Data parallel: {exp.distributed['world_size']} processes, "
            f"{exp.distributed['stats']} batch statistics, {exp.distributed['backend']}.", ""]
           if exp.distributed else []),
+        *([f"## Final test {_metric_title(rows)} per batch size", "",
+           format_batch_table(rows), "", "![metric vs batch size](batch_size.png)", ""]
+          if sweep else []),
         format_table(rows),
         "",
         f"Speed-up (arXiv:1903.00925): steps `{rows[0]['baseline']}` needs to reach its best "
-        f"seed-mean test accuracy ({100 * rows[0]['target_acc']:.2f}%), divided by the steps "
-        "each method's seed-mean curve needs to reach it; 'never' if it does not within the "
-        "budget. A diverged run counts at chance accuracy from then on.",
+        f"seed-mean test {rows[0]['metric']} ("
+        + ("at each batch size" if sweep else _fmt_value(rows[0], rows[0]["target_acc"]))
+        + "), divided by the steps each method's seed-mean curve needs to reach it; 'never' if "
+        "it does not within the budget. A diverged run counts at chance accuracy (regression: "
+        "the untrained error) from then on.",
         "",
         "![test accuracy](accuracy.png)",
         "",

@@ -27,12 +27,13 @@ so a method file lists neither again.
 from __future__ import annotations
 
 import inspect
-from typing import ClassVar, Protocol
+from contextlib import contextmanager
+from typing import ClassVar, Iterator, NamedTuple, Protocol
 
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-__all__ = ["Method", "BatchStatsMethod", "AuxiliaryLoss", "KINDS"]
+__all__ = ["Method", "BatchStatsMethod", "AuxiliaryLoss", "Attached", "KINDS"]
 
 KINDS = ("none", "layer", "loss", "gradient", "weight")
 
@@ -48,6 +49,14 @@ class AuxiliaryLoss(Protocol):
 
     def remove(self) -> None:
         """Detach every hook; the model is left as it was."""
+
+
+class Attached(NamedTuple):
+    """What :meth:`Method.attached` yields: the auxiliary loss (or None) and the optimizer to
+    step (the method's wrapper, or the base optimizer itself)."""
+
+    aux: AuxiliaryLoss | None
+    optimizer: Optimizer
 
 
 class Method:
@@ -112,6 +121,31 @@ class Method:
     def wrap_optimizer(self, optimizer: Optimizer, model: nn.Module) -> Optimizer:
         """Wrap the optimizer (gradient transforms); the identity by default."""
         return optimizer
+
+    @contextmanager
+    def attached(self, model: nn.Module, optimizer: Optimizer) -> Iterator[Attached]:
+        """The method's training hooks on ``model``, detached however the block is left.
+
+        Attaches :meth:`auxiliary_loss` and :meth:`wrap_optimizer`; on exit (normal end, a
+        divergence, an exception, Ctrl-C) removes the loss's hooks and, when the optimizer was
+        wrapped, the wrapper's (``remove()``: every wrapper :meth:`wrap_optimizer` returns
+        other than the optimizer itself must have one, as ``normlab.optim``'s do). The model
+        is left as it was before training but for its learned weights.
+        """
+        aux = self.auxiliary_loss(model)
+        try:
+            wrapped = self.wrap_optimizer(optimizer, model)
+        except BaseException:
+            if aux is not None:
+                aux.remove()
+            raise
+        try:
+            yield Attached(aux, wrapped)
+        finally:
+            if aux is not None:
+                aux.remove()
+            if wrapped is not optimizer:
+                wrapped.remove()
 
     def for_inference(self, model: nn.Module) -> nn.Module:
         """The method's own step of deployment (weights baked in, hooks removed); folding

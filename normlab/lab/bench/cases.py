@@ -9,9 +9,9 @@ Models (batch 128, 10 classes):
 - ``wide_cnn_inplace``: ``wide_cnn`` with ``ReLU(inplace=True)`` (torchvision style), for
   ``bench memory``: an in-place activation after a hooked conv.
 
-A step is what :func:`normlab.lab.train.train` does per batch: ``zero_grad`` + forward +
-task loss (+ the method's auxiliary loss) + backward + ``step``, on a batch resident in
-memory (no data loading is timed).
+A step is :meth:`normlab.lab.train.Trainer.train_step`, the step every lab run takes:
+``zero_grad`` + forward + task loss (+ the method's auxiliary loss) + the finiteness check +
+backward + ``step``, on a batch resident in memory (no data loading is timed).
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...methods import Method
 from ..config import TrainConfig
 from ..models import MODELS
-from ..train import make_optimizer
+from ..train import Trainer
 
 __all__ = ["BenchModel", "BENCH_MODELS", "TrainSetup", "make_setup", "build_bench_model"]
 
@@ -63,37 +62,45 @@ def build_bench_model(spec: BenchModel, method: Method) -> nn.Module:
 
 
 class TrainSetup:
-    """One method's model, auxiliary loss, optimizer and a fixed batch; ``step()`` trains once.
+    """One method's model, auxiliary loss, optimizer and a fixed batch; ``step()`` trains once
+    through :meth:`normlab.lab.train.Trainer.train_step`, the lab's one training step.
 
     Args:
-        model: the (eager) model; ``forward`` is what the step calls (maybe compiled).
-        forward: the callable for the forward pass.
-        aux: the method's auxiliary loss, or None.
-        optimizer: the method-wrapped optimizer.
+        trainer: an opened :class:`~normlab.lab.train.Trainer` (hooks attached).
         x, y: the batch.
     """
 
-    def __init__(self, model: nn.Module, forward: nn.Module, aux, optimizer, x: Tensor,
-                 y: Tensor) -> None:
-        self.model, self.forward, self.aux, self.optimizer = model, forward, aux, optimizer
-        self.x, self.y = x, y
+    def __init__(self, trainer: Trainer, x: Tensor, y: Tensor) -> None:
+        self.trainer, self.x, self.y = trainer, x, y
+
+    @property
+    def model(self) -> nn.Module:
+        return self.trainer.model
+
+    @property
+    def forward(self):
+        return self.trainer.forward
+
+    @property
+    def aux(self):
+        return self.trainer.aux
+
+    @property
+    def optimizer(self):
+        return self.trainer.optimizer
 
     def loss(self) -> Tensor:
-        task = F.cross_entropy(self.forward(self.x), self.y)
-        return task if self.aux is None else task + self.aux()
+        task, extra = self.trainer.loss(self.x, self.y)
+        return task if extra is None else task + extra
 
     def step(self) -> None:
         """zero_grad + forward + loss + backward + step, as the trainer does each batch."""
-        self.optimizer.zero_grad(set_to_none=True)
-        self.loss().backward()
-        self.optimizer.step()
+        self.trainer.train_step(self.x, self.y)
 
     def close(self) -> None:
-        """Detach the auxiliary loss's hooks and the optimizer wrapper's."""
-        if self.aux is not None:
-            self.aux.remove()
-        if hasattr(self.optimizer, "remove"):
-            self.optimizer.remove()
+        """Detach the auxiliary loss's hooks and the optimizer wrapper's (the method's
+        :meth:`~normlab.methods.base.Method.attached` context)."""
+        self.trainer.close()
 
 
 def make_setup(spec: BenchModel, method: Method, compile: bool = False, seed: int = 0,
@@ -111,11 +118,8 @@ def make_setup(spec: BenchModel, method: Method, compile: bool = False, seed: in
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = build_bench_model(spec, method).to(device).train()
-    aux = method.auxiliary_loss(model)
     config = TrainConfig(model=spec.model, batch_size=batch or spec.batch, compile=compile)
-    optimizer = method.wrap_optimizer(make_optimizer(config, model), model)
     n = config.batch_size
     x = torch.randn((n,) + tuple(spec.in_shape), generator=gen).to(device)
     y = torch.randint(0, spec.num_classes, (n,), generator=gen).to(device)
-    forward = torch.compile(model) if compile else model
-    return TrainSetup(model, forward, aux, optimizer, x, y)
+    return TrainSetup(Trainer(config, model, None, method, seed).open(), x, y)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import inspect
 import math
 from numbers import Real
@@ -14,9 +15,11 @@ from ...distributed import BACKENDS, STATS, DistributedConfig, torchrun_world
 from ...methods import METHODS, Method, create_method, method_accepts
 from ..config import TrainConfig
 from ..datasets import Dataset, load_dataset
+from ..datasets.arrays import TASKS, load_npz
+from ..experiment import LR_SCALING
 
 __all__ = ["add_config_args", "config_from_args", "methods_from_args", "dataset_from_args",
-           "distributed_from_args"]
+           "distributed_from_args", "batch_sizes_from_args", "model_from_args"]
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -32,6 +35,18 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                        default=getattr(defaults, f.name),
                        help=f"{f.metadata.get('help', '')} (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (default: %(default)s)")
+    u = p.add_argument_group("your own model and data (see README 'Your own model')")
+    u.add_argument("--batch-sizes", default=None, metavar="B1,B2,...",
+                   help="sweep these batch sizes (each with every method and seed); --lr holds "
+                        "at --batch-size")
+    u.add_argument("--lr-scaling", choices=LR_SCALING, default="linear",
+                   help="learning rate at each swept batch size B: linear (lr x B / "
+                        "batch-size, Goyal et al. 2017) or none (default: %(default)s)")
+    u.add_argument("--task", choices=("auto",) + TASKS, default="auto",
+                   help="for an .npz dataset: auto (integer targets classify, float targets "
+                        "regress with MSE), or force one (default: %(default)s)")
+    u.add_argument("--resume", action="store_true",
+                   help="keep the finished runs in OUT/runs and train only the others")
     p.add_argument("--first-seed", type=int, default=0, help="seeds are first..first+n-1")
     p.add_argument("--weight", type=float, default=None,
                    help="auxiliary-loss weight (std_loss; shortcut for --option weight=W)")
@@ -192,11 +207,56 @@ def distributed_from_args(args: argparse.Namespace, config: TrainConfig) -> Dist
     return dist
 
 
-def dataset_spec(args: argparse.Namespace, seed: int = 0) -> tuple:
+def batch_sizes_from_args(args: argparse.Namespace) -> list[int] | None:
+    """``--batch-sizes 2,8,32``: distinct positive integers, or None when not given.
+
+    Raises:
+        ValueError: a malformed list (the option's name in the message).
+    """
+    if args.batch_sizes is None:
+        return None
+    try:
+        sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise ValueError(f"--batch-sizes expects comma-separated integers, got "
+                         f"{args.batch_sizes!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"--batch-sizes must be integers >= 1, got {args.batch_sizes!r}")
+    if len(set(sizes)) != len(sizes):
+        raise ValueError(f"--batch-sizes names a batch size twice: {args.batch_sizes!r}")
+    return sizes
+
+
+def model_from_args(args: argparse.Namespace):
+    """The user's model function for ``--model MODULE:FUNCTION`` / ``file.py:FUNCTION``, or
+    None for a registered lab model (checked by name when the model is built)."""
+    from ..user_model import UserModel, is_model_spec
+
+    return UserModel(args.model) if is_model_spec(args.model) else None
+
+
+def _is_npz(args: argparse.Namespace) -> bool:
+    return str(args.dataset).endswith(".npz")
+
+
+def dataset_spec(args: argparse.Namespace, seed: int = 0):
     """What a worker process needs to load the same dataset (see normlab.lab.parallel)."""
+    if _is_npz(args):
+        return functools.partial(load_npz, args.dataset, task=_task(args))
     return (args.dataset, args.data_dir, not args.no_download, seed)
 
 
+def _task(args: argparse.Namespace) -> str | None:
+    task = getattr(args, "task", "auto")
+    return None if task == "auto" else task
+
+
 def dataset_from_args(args: argparse.Namespace, seed: int = 0) -> Dataset:
+    """The registered dataset ``--dataset NAME``, or the arrays of ``--dataset file.npz``."""
+    if _is_npz(args):
+        return load_npz(args.dataset, task=_task(args))
+    if _task(args) not in (None, "classification"):
+        raise ValueError(f"--task {args.task}: the registered dataset {args.dataset!r} is a "
+                         "classification")
     return load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download,
                         seed=seed)
