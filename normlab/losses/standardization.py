@@ -136,15 +136,19 @@ class StandardizationLoss:
         def hook(module: nn.Module, args, output: Tensor) -> None:
             if not (module.training and torch.is_grad_enabled()):
                 return
-            if self.stats == "global" and is_distributed(self.process_group):
-                value = global_standardization_loss(output, cd, self.eps, self.process_group)
-            else:
-                value = standardization_loss(output, channel_dim=cd, eps=self.eps)
+            value = self.layer_loss(output, cd)
             prev = self._latest.get(name)
             self._latest[name] = value if prev is None else prev + value
             self._total = value if self._total is None else self._total + value
 
         return hook
+
+    def layer_loss(self, output: Tensor, channel_dim: int) -> Tensor:
+        """The unweighted term of one hooked output; subclasses override it to change the
+        target (the hooks, weighting and lifecycle stay this class's)."""
+        if self.stats == "global" and is_distributed(self.process_group):
+            return global_standardization_loss(output, channel_dim, self.eps, self.process_group)
+        return standardization_loss(output, channel_dim=channel_dim, eps=self.eps)
 
     def __call__(self) -> Tensor:
         """``weight * sum`` of the per-layer losses of the latest training forward (0 if none)."""
