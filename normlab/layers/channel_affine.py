@@ -1,7 +1,7 @@
 """A learned per-channel scale and shift that folds into the preceding weight layer.
 
 Collins, Ballé & Shlens, "Accelerating Training of Deep Neural Networks with a Standardization
-Loss", 2019, arXiv:1903.00925, section 4.3: their PointNet trained with the standardization
+Loss", 2019, arXiv:1903.00925: their PointNet trained with the standardization
 loss on the weight layers' outputs benefited from a learned scale and shift after them (the
 loss standardizes ``z``; the network uses ``gamma * z + beta``, as after BN). The map is
 per-channel affine in training and at eval, so :func:`normlab.surgery.fold_batch_norm` folds

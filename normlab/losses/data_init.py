@@ -1,7 +1,7 @@
 """Standardized from step 0: a data-dependent initialization, then the standardization loss.
 
 Collins, Ballé & Shlens, "Accelerating Training of Deep Neural Networks with a Standardization
-Loss", 2019, arXiv:1903.00925, section 4, explain why the loss trains slower than BN:
+Loss", 2019, arXiv:1903.00925, explain why the loss trains slower than BN:
 "explicit normalization techniques ensure standardized activations from the very first
 training step", the loss only after several SGD steps. In the spirit of LSUV (Mishkin &
 Matas, "All you need is a good init", 2015, arXiv:1511.06422) and of weight normalization's

@@ -1,7 +1,7 @@
 """``std_loss_affine``: the standardization loss with a learned scale and shift, folded away.
 
 Collins, Ballé & Shlens, "Accelerating Training of Deep Neural Networks with a Standardization
-Loss", 2019, arXiv:1903.00925, section 4.3, train their PointNet with a learned per-layer
+Loss", 2019, arXiv:1903.00925, train their PointNet with a learned per-layer
 scale and shift after the loss-standardized pre-activations. Here every weight layer's output
 ``z`` gets the loss (pushing ``z`` to N(0, 1) per channel) and the activation sees
 ``gamma * z + beta`` (:class:`~normlab.layers.channel_affine.ChannelAffine`), so the network
@@ -31,7 +31,7 @@ class StdLossAffineMethod(Method):
     """
 
     kind = "loss"
-    paper = "Collins, Ballé & Shlens 2019, arXiv:1903.00925 (section 4.3's scale and shift)"
+    paper = "Collins, Ballé & Shlens 2019, arXiv:1903.00925 (PointNet's scale and shift)"
     batch_dependent = False
     inference = "folded into the weights"
     folds = True
