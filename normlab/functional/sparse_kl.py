@@ -94,7 +94,9 @@ def bernoulli_activity_kl(x: Tensor, channel_dim: int = 1, rho: float = 0.25,
     """
     if not 0.0 < rho < 1.0:
         raise ValueError(f"rho must be in (0, 1), got {rho}")
-    if x.dim() >= 2 and x.numel() // x.shape[channel_dim] < 2:
+    check_floating(x)
+    cd, _ = reduction_dims(x, channel_dim)
+    if x.numel() // x.shape[cd] < 2:
         raise ValueError(f"expected more than 1 value per channel, got shape {tuple(x.shape)}")
     mean, var = channel_moments(x, channel_dim)
     p = torch.special.ndtr(mean * torch.rsqrt(var + eps))
