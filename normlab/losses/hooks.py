@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["LayerHook", "RootHook", "InertHook"]
+__all__ = ["LayerHook", "RootHook", "InertHook", "CopiesInert"]
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
                "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
@@ -25,14 +25,17 @@ class InertHook:
     """What a loss hook becomes in a copied module: a no-op that removes itself when called."""
 
     def __call__(self, module: nn.Module, *args) -> None:
-        hooks = getattr(module, "_forward_hooks", {})
-        for key in [k for k, h in list(hooks.items()) if h is self]:
+        keys = [k for name in ("_forward_hooks", "_forward_pre_hooks")
+                for k, h in list(getattr(module, name, {}).items()) if h is self]
+        for key in keys:
             for name in _HOOK_DICTS:
                 getattr(module, name, {}).pop(key, None)
         return None
 
 
-class _CopiesInert:
+class CopiesInert:
+    """Base of a loss's hooks: deep copies and pickles of it are :class:`InertHook`."""
+
     def __deepcopy__(self, memo) -> InertHook:
         return InertHook()
 
@@ -43,7 +46,7 @@ class _CopiesInert:
         return self
 
 
-class LayerHook(_CopiesInert):
+class LayerHook(CopiesInert):
     """Forward hook on one hooked layer: ``loss._on_output(index, module, output)``."""
 
     __slots__ = ("loss", "index")
@@ -55,7 +58,7 @@ class LayerHook(_CopiesInert):
         return self.loss._on_output(self.index, module, output)
 
 
-class RootHook(_CopiesInert):
+class RootHook(CopiesInert):
     """Forward hook on the model itself: the end of a forward of the whole model."""
 
     __slots__ = ("loss",)
