@@ -26,15 +26,24 @@ from ..distributed import Replica
 from ..methods import Method
 from .config import TrainConfig
 from .data import Batches, Dataset
+from .input_scaling import scale_inputs
 from .models import build_model
 
 __all__ = ["RunResult", "train", "evaluate", "eval_schedule", "make_optimizer", "TrainingDiverged"]
 
 
 def eval_schedule(config: TrainConfig) -> list[int]:
-    """The steps at which a run evaluates: 0, every ``eval_every`` steps, and the last step."""
-    steps = list(range(0, config.steps + 1, config.eval_every))
-    return steps if steps[-1] == config.steps else steps + [config.steps]
+    """The steps at which a run evaluates, ascending.
+
+    Always step 0, every ``eval_every`` steps and the last step; with
+    ``eval_schedule="log"`` (the default) also the powers of two 1, 2, 4, 8, ... below the
+    budget, so that a curve's early rise, and with it a large speed-up, is resolved down to
+    a single step instead of being capped at ``steps / eval_every``.
+    """
+    steps = set(range(0, config.steps + 1, config.eval_every)) | {config.steps}
+    if config.eval_schedule == "log":
+        steps |= {1 << k for k in range(config.steps.bit_length()) if 1 << k <= config.steps}
+    return sorted(steps)
 
 
 class TrainingDiverged(RuntimeError):
@@ -97,7 +106,7 @@ def train(
     raise_on_nan: bool = False,
     replica: Replica | None = None,
 ) -> tuple[RunResult, nn.Module]:
-    """Train ``config.model`` with ``method`` from ``seed``; evaluate every ``eval_every`` steps.
+    """Train ``config.model`` with ``method`` from ``seed``; evaluate at :func:`eval_schedule`.
 
     A non-finite loss stops the run and is recorded (``diverged_at``, ``diverged_reason``)
     with the curves up to that step, or raises :class:`TrainingDiverged` if ``raise_on_nan``.
@@ -110,7 +119,8 @@ def train(
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(seed)
-    model = build_model(config.model, method, data.in_shape, data.num_classes)
+    data = scale_inputs(data, config.input_scaling)
+    model = build_model(config.model, method, data.in_shape, data.num_classes, init=config.init)
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     if replica is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..layers.batch_norm import batch_norm
-from ..losses.standardization import STATS, StandardizationLoss
+from ..losses.standardization import STATS, WEIGHT_LAYERS, StandardizationLoss
 from . import METHODS
 from .base import Method
 
@@ -83,6 +83,11 @@ class StandardizationLossMethod(Method):
         stats: under data parallelism, moments of each rank's shard (``"replica"``, the
             paper's per-core choice) or of the global batch (``"global"``); see
             :class:`~normlab.losses.StandardizationLoss`.
+        logits: also standardize the logit layer's output (the paper's text hooks "each
+            layer"; normlab's default leaves the classifier's logits free).
+        bias: weight layers before each activation keep their bias (default). ``False``
+            builds them bias-free, like the paper's BN network, whose only per-channel
+            offset is BN's learned shift.
     """
 
     name = "std_loss"
@@ -91,15 +96,26 @@ class StandardizationLossMethod(Method):
     batch_dependent = False
     inference = "none (loss dropped)"
 
-    def __init__(self, weight: float = 1.0, eps: float = 1e-5, stats: str = "replica") -> None:
+    def __init__(self, weight: float = 1.0, eps: float = 1e-5, stats: str = "replica",
+                 logits: bool = False, bias: bool = True) -> None:
         if stats not in STATS:
             raise ValueError(f"stats must be one of {STATS}, got {stats!r}")
+        for name, value in (("logits", logits), ("bias", bias)):
+            if not isinstance(value, bool):
+                raise ValueError(f"std_loss option {name} must be True or False, got {value!r}")
         self.weight = weight
         self.eps = eps
         self.stats = stats
+        self.logits = logits
+        self.conv_bias = bias
 
     def auxiliary_loss(self, model: nn.Module) -> StandardizationLoss:
-        return StandardizationLoss(model, weight=self.weight, eps=self.eps, stats=self.stats)
+        layers = None  # every weight layer but the last (the logits)
+        if self.logits:
+            layers = [n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
+        return StandardizationLoss(model, weight=self.weight, layers=layers, eps=self.eps,
+                                   stats=self.stats)
 
     def options(self) -> dict[str, object]:
-        return {"weight": self.weight, "eps": self.eps, "stats": self.stats}
+        return {"weight": self.weight, "eps": self.eps, "stats": self.stats,
+                "logits": self.logits, "bias": self.conv_bias}

@@ -25,8 +25,9 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
             p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action="store_true",
                            help=f.metadata.get("help", ""))
             continue
+        # choices= makes argparse name the allowed values in its one-line error.
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(getattr(defaults, f.name)),
-                       default=getattr(defaults, f.name),
+                       default=getattr(defaults, f.name), choices=f.metadata.get("choices"),
                        help=f"{f.metadata.get('help', '')} (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (default: %(default)s)")
     p.add_argument("--first-seed", type=int, default=0, help="seeds are first..first+n-1")
