@@ -22,7 +22,7 @@ from ..distributed import Replica
 from ..methods import Method
 from .config import TrainConfig
 from .data import Dataset
-from .metrics import mean_curve, mean_std, speedup
+from .metrics import mean_curve, mean_std, resolution_text, speedup
 from .parallel import DatasetSpec, run_parallel
 from .train import RunResult, eval_schedule, train
 
@@ -113,7 +113,10 @@ def run_experiment(
 
 
 def summarize(exp: Experiment, baseline: str | None = "none") -> list[dict]:
-    """One row per method: final accuracy mean/std, best accuracy, speed-up vs ``baseline``.
+    """One row per method: final accuracy mean/std, best accuracy, speed-up vs ``baseline``
+    (with ``speedup_at_cap``, the ``speedup_min``/``speedup_max`` the evaluation schedule can
+    show, and the ``resolution`` sentence every speed-up table prints; see
+    :mod:`normlab.lab.metrics`).
 
     Without the baseline among the methods (or ``baseline=None``) the first method is used.
     """
@@ -141,6 +144,10 @@ def summarize(exp: Experiment, baseline: str | None = "none") -> list[dict]:
             "steps_to_target": sp["method_steps"],
             "baseline_steps": sp["baseline_steps"],
             "speedup": sp["speedup"],
+            "speedup_at_cap": sp["at_cap"],
+            "speedup_min": sp["speedup_min"],
+            "speedup_max": sp["speedup_max"],
+            "resolution": resolution_text(steps, base, sp["baseline_steps"]),
             "diverged_seeds": [r.seed for r in runs if r.diverged_at is not None],
             "seconds_per_run": float(np.mean([r.seconds for r in runs])),
             "seeds": len(runs),

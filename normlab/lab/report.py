@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .experiment import Experiment, environment, summarize
+from .metrics import format_speedup
 from .plots import plot_accuracy, plot_losses
 
 __all__ = ["write_report", "format_table"]
@@ -17,22 +18,27 @@ __all__ = ["write_report", "format_table"]
 def _fmt_speedup(row: dict) -> str:
     if row["method"] == row["baseline"]:
         return "1.00x (baseline)"
-    return "never" if row["speedup"] is None else f"{row['speedup']:.2f}x"
+    return format_speedup(row["speedup"], row.get("speedup_at_cap", False))
+
+
+def _fmt_steps(steps: float | None) -> str:
+    return "never" if steps is None else f"{steps:.0f}" if steps >= 10 else f"{steps:.2g}"
 
 
 def format_table(rows: list[dict]) -> str:
-    """The markdown table of a summary (one row per method)."""
+    """The markdown table of a summary (one row per method), then its resolution line."""
     lines = [
         "| method | final test acc (mean ± std) | steps to baseline's best | speed-up | s/run |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        steps = "never" if r["steps_to_target"] is None else str(r["steps_to_target"])
         acc = f"{100 * r['final_acc_mean']:.2f} ± {100 * r['final_acc_std']:.2f}%"
         if r["diverged_seeds"]:
             acc += f" ({len(r['diverged_seeds'])} diverged)"
-        lines.append(f"| {r['method']} | {acc} | {steps} | {_fmt_speedup(r)} "
-                     f"| {r['seconds_per_run']:.1f} |")
+        lines.append(f"| {r['method']} | {acc} | {_fmt_steps(r['steps_to_target'])} "
+                     f"| {_fmt_speedup(r)} | {r['seconds_per_run']:.1f} |")
+    if rows and rows[0].get("resolution"):
+        lines += ["", rows[0]["resolution"]]
     return "\n".join(lines)
 
 
@@ -85,7 +91,9 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
         "",
         f"Budget: {cfg.steps} steps, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}"
         f" (momentum {cfg.momentum}), weight decay {cfg.weight_decay}; {len(exp.seeds)} seeds "
-        f"({', '.join(map(str, exp.seeds))}); test set evaluated every {cfg.eval_every} steps.",
+        f"({', '.join(map(str, exp.seeds))}); test set evaluated every {cfg.eval_every} steps"
+        + (" and at steps 1, 2, 4, 8, ... (log-spaced schedule)." if cfg.eval_schedule == "log"
+           else "."),
         "",
         *([f"Data parallel: {exp.distributed['world_size']} processes, "
            f"{exp.distributed['stats']} batch statistics, {exp.distributed['backend']}.", ""]
@@ -94,8 +102,9 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
         "",
         f"Speed-up (arXiv:1903.00925): steps `{rows[0]['baseline']}` needs to reach its best "
         f"seed-mean test accuracy ({100 * rows[0]['target_acc']:.2f}%), divided by the steps "
-        "each method's seed-mean curve needs to reach it; 'never' if it does not within the "
-        "budget. A diverged run counts at chance accuracy from then on.",
+        "each method's seed-mean curve needs to reach it (interpolated linearly between "
+        "evaluations); 'never' if it does not within the budget. A diverged run counts at "
+        "chance accuracy from then on.",
         "",
         "![test accuracy](accuracy.png)",
         "",

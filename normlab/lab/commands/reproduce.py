@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import shlex
 import sys
 from pathlib import Path
@@ -22,7 +23,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, default=None, help="folder with the dataset files")
     p.add_argument("--no-download", action="store_true", help="never download data")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="replace one of the experiment's parameters (a Python literal, e.g. "
+                        "--param epochs=8 --param batch_sizes=2,8,32); the report says so")
     p.set_defaults(func=run)
+
+
+def _parse_params(items: list[str]) -> dict:
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--param expects KEY=VALUE, got {item!r}")
+        try:
+            params[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            params[key.strip()] = value
+    return params
 
 
 def _list() -> int:
@@ -37,6 +54,11 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     names = list(EXPERIMENTS) if args.name == "all" else [get_experiment(args.name).name]
+    params = _parse_params(args.param)
+    if params and len(names) > 1:
+        raise ValueError("--param applies to one experiment, not to 'all'")
+    for name in names:  # check before anything runs: bad input is one clear line
+        get_experiment(name).resolve(args.quick, args.seeds, params)
     tune_malloc()
     command = "normlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     for name in names:
@@ -46,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         payload = reproduce(name, quick=args.quick, out=out, data_dir=args.data_dir,
                             download=not args.no_download, seeds=args.seeds,
                             progress=not args.no_progress,
-                            command=command if len(names) == 1 else None)
+                            command=command if len(names) == 1 else None, params=params)
         print(f"\n== {name} ({payload['runtime']})")
         print(comparison_table(payload["paper_vs_normlab"], "see report.md"))
         folder = out or Path("results") / ("reproduce-quick" if args.quick else "reproduce") / name

@@ -28,8 +28,8 @@ def comparison_table(rows: list[dict], differences: str) -> str:
 
 
 def _steps(spec: ReproSpec) -> str:
-    if "examples" in spec.params:  # the batch-size sweep: steps = examples / batch
-        return f"{spec.params['examples']} training examples per batch size"
+    if "epochs" in spec.params:  # the batch-size sweep: steps = epochs * examples / batch
+        return f"{spec.params['epochs']} epochs per batch size"
     return f"{spec.config.steps} steps"
 
 
