@@ -99,3 +99,10 @@ def test_mean_std_uses_sample_std():
     assert m == 2.0 and s == pytest.approx(1.0)
     assert mean_std([5.0]) == (5.0, 0.0)
     assert all(math.isnan(v) for v in mean_std([]))
+
+
+def test_recovered_fraction_is_share_of_the_reference_gain():
+    from normlab.lab.metrics import recovered_fraction
+    # the paper's MNIST numbers: (75.2 - 24.6) / (85.6 - 24.6) = 0.8295
+    assert recovered_fraction(0.246, 0.856, 0.752) == pytest.approx(50.6 / 61.0)
+    assert math.isnan(recovered_fraction(0.5, 0.4, 0.6))

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["steps_to_reach", "speedup", "resolution", "resolution_text", "format_speedup",
-           "mean_curve", "mean_std"]
+           "recovered_fraction", "mean_curve", "mean_std"]
 
 
 def _first_positive(steps: Sequence[int]) -> int:
@@ -104,6 +104,14 @@ def resolution_text(steps: Sequence[int], baseline: str, baseline_steps: float) 
             f"{low:.2f}x (target first reached at the last step) to {high:.2f}x (reached by "
             f"step {_first_positive(steps)}, the cap: printed '≥', a lower bound); steps "
             "between evaluations are interpolated linearly.")
+
+
+def recovered_fraction(baseline: float, reference: float, method: float) -> float:
+    """The share of the reference's gain over the baseline that a method recovers:
+    ``(method - baseline) / (reference - baseline)`` (e.g. baseline none, reference
+    batch_norm); ``nan`` when the reference gains nothing."""
+    gain = reference - baseline
+    return (method - baseline) / gain if gain > 0 else math.nan
 
 
 def mean_curve(curves: Sequence[Sequence[float]], fill: float, length: int | None = None

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .experiment import Experiment, environment, summarize
-from .metrics import format_speedup
+from .metrics import format_speedup, recovered_fraction
 from .plots import plot_accuracy, plot_losses
 
 __all__ = ["write_report", "format_table"]
@@ -40,6 +40,19 @@ def format_table(rows: list[dict]) -> str:
     if rows and rows[0].get("resolution"):
         lines += ["", rows[0]["resolution"]]
     return "\n".join(lines)
+
+
+def _recovered(rows: list[dict], reference: str = "batch_norm") -> list[str]:
+    """The share of BN's final-accuracy gain over the baseline each other method recovers."""
+    by = {r["method"]: r["final_acc_mean"] for r in rows}
+    base = rows[0]["baseline"] if rows else None
+    if reference not in by or base not in by or by[reference] <= by[base]:
+        return []
+    parts = [f"{k} {100 * recovered_fraction(by[base], by[reference], v):.0f}%"
+             for k, v in by.items() if k not in (base, reference)]
+    return ([f"Share of `{reference}`'s final-accuracy gain over `{base}` recovered "
+             f"((method - {base}) / ({reference} - {base})): " + ", ".join(parts) + ".", ""]
+            if parts else [])
 
 
 def _json_safe(obj):
@@ -106,6 +119,7 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
         "evaluations); 'never' if it does not within the budget. A diverged run counts at "
         "chance accuracy from then on.",
         "",
+        *_recovered(rows),
         "![test accuracy](accuracy.png)",
         "",
         "![losses](loss.png)",
