@@ -103,7 +103,8 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
     lines += [
         "",
         f"Budget: {cfg.steps} steps, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}"
-        f" (momentum {cfg.momentum}), weight decay {cfg.weight_decay}; {len(exp.seeds)} seeds "
+        f" (momentum {cfg.momentum}), weight decay {cfg.weight_decay}; init {cfg.init}, inputs "
+        f"{cfg.input_scaling}; {len(exp.seeds)} seeds "
         f"({', '.join(map(str, exp.seeds))}); test set evaluated every {cfg.eval_every} steps"
         + (" and at steps 1, 2, 4, 8, ... (log-spaced schedule)." if cfg.eval_schedule == "log"
            else "."),

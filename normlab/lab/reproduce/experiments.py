@@ -20,6 +20,12 @@ STD = "Collins, Ballé & Shlens 2019, arXiv:1903.00925"
 BN = "Ioffe & Szegedy 2015, arXiv:1502.03167"
 FIG1_ARMS = (Arm("none", "none"), Arm("batch_norm", "batch_norm"), Arm("std_loss", "std_loss"))
 SMALL_SYNTH = {"num_train": 256, "num_test": 128}
+# The reading of the standardization-loss paper's small-network setup closest to its numbers
+# (README, "Why the loss recovers less of BN's gain here"): its TensorFlow code base's
+# Glorot-uniform weights with zero biases, and p/255 inputs. On the MNIST subset it gives
+# none 22.8%, BN 82.9%, std_loss 74.3% after 1000 steps (paper: 24.6%, 85.6%, 75.2%), against
+# 30.6%, 85.6%, 64.5% with torch's init and standardized inputs.
+PAPER_READING = {"init": "glorot", "input_scaling": "unit"}
 
 
 def _quick(**config) -> Quick:
@@ -32,7 +38,7 @@ _SPECS = (
         name="fig1-cnn", title="the standardization loss accelerates a small CNN", paper=STD,
         runner="compare", dataset="fashion_mnist",
         config=TrainConfig(model="cnn", dataset="fashion_mnist", steps=1000, eval_every=100,
-                           threads=1),
+                           **PAPER_READING, threads=1),
         arms=FIG1_ARMS, seeds=3, params={"scatter": True},
         claims=(Claim("speedup:std_loss", "the standardization loss accelerates early training"
                       " of a small CNN", "Figure 1 (MNIST CNN): std-loss accuracy curve above "
@@ -48,7 +54,7 @@ _SPECS = (
         name="fig2-weight", title="robustness to the standardization-loss weight", paper=STD,
         runner="weight_sweep", dataset="fashion_mnist",
         config=TrainConfig(model="cnn", dataset="fashion_mnist", steps=1000, eval_every=1000,
-                           eval_schedule="linear", threads=1),  # final accuracy only
+                           eval_schedule="linear", **PAPER_READING, threads=1),
         arms=(), seeds=1, params={"weights": (1e-3, 1e-2, 1e-1, 1.0, 3.0, 10.0, 30.0,
                                               100.0),
                                   "tolerance": 0.01},
@@ -67,7 +73,7 @@ _SPECS = (
         name="fig3-mlp", title="the standardization loss accelerates a small MLP", paper=STD,
         runner="compare", dataset="fashion_mnist",
         config=TrainConfig(model="mlp", dataset="fashion_mnist", steps=1000, eval_every=50,
-                           threads=1),
+                           **PAPER_READING, threads=1),
         arms=FIG1_ARMS, seeds=10,
         claims=(Claim("speedup:std_loss", "the standardization loss accelerates early training"
                       " of a small MLP", "Figure 3 (MNIST MLP 3x100): std-loss curve above the "
@@ -82,7 +88,7 @@ _SPECS = (
         name="fig4-distributions", title="activation distributions stay stable", paper=STD,
         runner="distributions", dataset="fashion_mnist",
         config=TrainConfig(model="cnn", dataset="fashion_mnist", steps=936, eval_every=234,
-                           eval_schedule="linear", threads=1),  # no speed-up quoted
+                           eval_schedule="linear", **PAPER_READING, threads=1),
         arms=FIG1_ARMS, seeds=1,
         params={"record_every": 12, "percentiles": (10, 25, 50, 75, 90),
                 "where": "final conv layer's pre-activation"},
@@ -130,7 +136,8 @@ _SPECS = (
         name="batch-size", title="insensitivity to batch size, each trained to its plateau",
         paper=STD, runner="batch_size", dataset="fashion_mnist",
         config=TrainConfig(model="cnn", dataset="fashion_mnist", steps=1, batch_size=128,
-                           lr=0.05, momentum=0.9, weight_decay=4e-5, threads=1),
+                           lr=0.05, momentum=0.9, weight_decay=4e-5, **PAPER_READING,
+                           threads=1),
         arms=(Arm("none", "none"), Arm("batch_norm", "batch_norm"),
               Arm("batch_renorm", "batch_renorm",
                   {"warmup_start": 0, "rmax_steps": 100, "dmax_steps": 100}),

@@ -73,7 +73,10 @@ def write_repro_report(spec: ReproSpec, outcome: Outcome, data: Dataset, out: Pa
     lines += [
         f"Budget: model {cfg.model}, {_steps(spec)}, batch {cfg.batch_size}, "
         f"{cfg.optimizer} lr {cfg.lr} (momentum {cfg.momentum}), weight decay "
-        f"{cfg.weight_decay}; seeds {spec.seeds}; arms: "
+        f"{cfg.weight_decay}; init {cfg.init}, inputs {cfg.input_scaling}"
+        + (" (the reading closest to the paper: TensorFlow's Glorot-uniform init with zero "
+           "biases, p/255 inputs)" if (cfg.init, cfg.input_scaling) == ("glorot", "unit")
+           else "") + f"; seeds {spec.seeds}; arms: "
         + ", ".join(f"{a.label} ({a.method}{', ' + str(dict(a.options)) if a.options else ''}"
                     f"{', model ' + a.model if a.model else ''})" for a in spec.arms)
         + (f"; parameters {dict(spec.params)}" if spec.params else "") + ".", "",
