@@ -13,7 +13,7 @@ from ..config import TrainConfig
 from ..data import Dataset, load_dataset
 
 __all__ = ["add_config_args", "config_from_args", "methods_from_args", "dataset_from_args",
-           "distributed_from_args"]
+           "distributed_from_args", "parse_key_values"]
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -62,16 +62,23 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
-def _parse_options(args: argparse.Namespace) -> dict[str, object]:
-    options: dict[str, object] = {}
-    for item in args.option:
+def parse_key_values(items: list[str], flag: str) -> dict[str, object]:
+    """``KEY=VALUE`` strings to a dict; a value is a Python literal where it parses as one,
+    else the string. Raises ValueError naming ``flag`` for an item without ``=``."""
+    out: dict[str, object] = {}
+    for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
         try:
-            options[key.strip()] = ast.literal_eval(value)
+            out[key.strip()] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            options[key.strip()] = value
+            out[key.strip()] = value
+    return out
+
+
+def _parse_options(args: argparse.Namespace) -> dict[str, object]:
+    options = parse_key_values(args.option, "--option")
     if args.weight is not None:
         options["weight"] = args.weight
     return options

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import shlex
 import sys
 from pathlib import Path
 
 from ..reproduce import EXPERIMENTS, get_experiment, reproduce, tune_malloc
 from ..reproduce.report import comparison_table
+from ._options import parse_key_values
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,19 +29,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _parse_params(items: list[str]) -> dict:
-    params = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--param expects KEY=VALUE, got {item!r}")
-        try:
-            params[key.strip()] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            params[key.strip()] = value
-    return params
-
-
 def _list() -> int:
     for spec in EXPERIMENTS.values():
         print(f"  {spec.name:<20} {spec.title} [{spec.dataset}; {spec.paper}]")
@@ -54,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     names = list(EXPERIMENTS) if args.name == "all" else [get_experiment(args.name).name]
-    params = _parse_params(args.param)
+    params = parse_key_values(args.param, "--param")
     if params and len(names) > 1:
         raise ValueError("--param applies to one experiment, not to 'all'")
     for name in names:  # check before anything runs: bad input is one clear line
