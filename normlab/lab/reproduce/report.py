@@ -33,11 +33,14 @@ def _steps(spec: ReproSpec) -> str:
     return f"{spec.config.steps} steps"
 
 
-def _differences(spec: ReproSpec, data: Dataset) -> str:
+def _differences(spec: ReproSpec, data: Dataset, results: dict) -> str:
     cfg = spec.config
     synthetic = ", SYNTHETIC" if data.source == "synthetic" else ""
-    return (f"paper: {spec.paper_setting}. Here: {data.name} ({len(data.x_train)} train / "
-            f"{len(data.x_test)} test{synthetic}), {cfg.model}, {_steps(spec)}, "
+    # a runner that trains on a subset reports the sizes it used
+    train = results.get("train_examples", len(data.x_train))
+    test = results.get("test_examples", len(data.x_test))
+    return (f"paper: {spec.paper_setting}. Here: {data.name} ({train} train / "
+            f"{test} test{synthetic}), {cfg.model}, {_steps(spec)}, "
             f"{spec.seeds} seed(s); see 'Why this budget'")
 
 
@@ -49,7 +52,7 @@ def write_repro_report(spec: ReproSpec, outcome: Outcome, data: Dataset, out: Pa
     cores = os.cpu_count()
     runtime = (f"{seconds:.0f} s wall on {cores} CPU cores, {torch.get_num_threads()} torch "
                "thread(s) (other processes may have shared the CPU)")
-    differences = _differences(spec, data)
+    differences = _differences(spec, data, outcome.results)
     payload = {
         "experiment": spec.name, "title": spec.title, "paper": spec.paper,
         "command": command, "quick": quick, "runtime_s": seconds, "runtime": runtime,
