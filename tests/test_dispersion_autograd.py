@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from normlab.functional import batch_norms as F
+from normlab.functional import dispersion_batch_norm as F
 
 EPS = 1e-3
 
@@ -48,6 +48,10 @@ def test_fused_matches_autograd_through_moments(kind, kw, shape, affine):
         if use_fused:
             y = fused(x, w, b, kind, running, **kw)
             stats = running  # momentum 1: the running statistics are the batch's
+            if kind == "range":  # ... scaled by C(n) / R(n) for the running dispersion
+                n = x0.numel() // c
+                stats = (running[0],
+                         running[1] / F.range_running_factor(n, kw.get("correction", "exact")))
         else:
             y, *stats = reference(x, w, b, kind, **kw)
         y.backward(g)

@@ -1,5 +1,8 @@
-"""Batch Kalman normalization and mixture normalization, against independent references
-(torch's BatchNorm for the special cases, float64 loop versions and by-hand fusion)."""
+"""Batch Kalman normalization and mixture normalization: torch's BatchNorm for the special
+cases, and float64 transcriptions of normlab's own algorithms (EM initialization, sorting,
+fusion) that pin the implementation's details. The references that share no code path with
+normlab (the authors' fusion formula, a known two-mode mixture) are in
+``test_references_batch_stats_advanced.py``."""
 
 from __future__ import annotations
 

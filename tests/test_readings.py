@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from normlab.lab.cli import main
-from normlab.lab.data import dataset_from_uint8
+from normlab.lab.datasets import dataset_from_uint8
 from normlab.lab.init import initialize
 from normlab.lab.input_scaling import scale_inputs
 from normlab.lab.models import build_model

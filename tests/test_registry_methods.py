@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from normlab.lab.models import build_model
-from normlab.methods import KINDS, METHODS, create_method
+from normlab.methods import KINDS, METHODS, Method, create_method
+from normlab.surgery import deploy_model
 
 MODELS = ["cnn", "mlp"]
 SHAPE = (1, 12, 12)
@@ -64,10 +65,81 @@ def test_method_contract(name, model):
     fresh.eval()
     with torch.no_grad():
         assert torch.allclose(fresh(x), a, rtol=1e-5, atol=1e-6)
-    # the deployment form computes the same function
-    deployed = method.for_inference(copy.deepcopy(net).eval())
+
+
+def _hooks(net):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               for m in net.modules())
+
+
+def _bare_module_types():
+    _, bare = build("none", "cnn")
+    return {type(m) for m in bare.modules()} | {torch.nn.Identity}
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_deployment_form(name):
+    """After a few training steps, the deployment form computes the trained eval function, and
+    what the method says it costs at inference is what the deployment form is."""
+    method, net = build(name, "cnn")
+    hooks_before = _hooks(net)
+    for step in range(3):
+        x, y = batch(n=16)
+        train_step(method, net, x * (1 + step), y)  # moving statistics move off their init
+    assert _hooks(net) == hooks_before, "the auxiliary loss / optimizer wrapper left hooks"
+    x, _ = batch(n=8)
+    net.eval()
     with torch.no_grad():
-        assert torch.allclose(deployed(x), a, rtol=1e-4, atol=1e-5)
+        trained = net(x)
+    deployed = deploy_model(net, method)
+    overrides = type(method).for_inference is not Method.for_inference or method.folds
+    with torch.no_grad():
+        out = deployed(x)
+        assert torch.equal(net(x), trained), "for_inference changed the trained model"
+    assert torch.allclose(out, trained, rtol=1e-4, atol=1e-5)
+    if overrides:  # a form built by the method: a different model, not a view of the trained one
+        assert deployed is not net
+        assert not any(p1.data_ptr() == p2.data_ptr()
+                       for p1 in deployed.parameters() for p2 in net.parameters())
+    else:  # identity: the trained model itself, with no hook left by training
+        assert deployed is net and _hooks(deployed) == 0
+    if method.inference.startswith(("none", "folded")):  # costs what the bare network costs
+        extra = {type(m) for m in deployed.modules()} - _bare_module_types()
+        assert not extra, f"{name} deploys with extra modules {extra}"
+        assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in deployed.modules())
+        assert _hooks(deployed) == 0
+    # every deployment form is per-sample: a sample's output does not depend on its batch
+    other = torch.randn(8, *SHAPE) * 3 + 1
+    other[0] = x[0]
+    with torch.no_grad():
+        assert torch.allclose(deployed(other)[0], out[0], rtol=1e-4, atol=1e-5)
+
+
+def _train_mode_output_of_first(method, net, x):
+    net = copy.deepcopy(net).train()  # a forward may update running state; keep it fresh
+    for m in net.modules():  # dropout draws masks for the whole batch; compare without them
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) or type(m).__name__ == "ICLayer":
+            if isinstance(getattr(m, "p", None), float):
+                m.p = 0.0
+    torch.manual_seed(0)
+    with torch.no_grad():
+        return net(x)[0]
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_batch_dependent_claim(name):
+    """``batch_dependent`` is what a training forward does: sample 0's output, in a batch and
+    in a different batch of the same size."""
+    method, net = build(name, "cnn")
+    x, _ = batch(n=8)
+    y = torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(2)) * 3 + 1
+    y[0] = x[0]
+    a = _train_mode_output_of_first(method, net, x)
+    b = _train_mode_output_of_first(method, net, y)
+    same = torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert same != method.batch_dependent, (
+        f"{name} claims batch_dependent={method.batch_dependent} but sample 0's output "
+        f"{'does not change' if same else 'changes by ' + str((a - b).abs().max().item())}")
 
 
 @pytest.mark.parametrize("name", METHODS.names())

@@ -11,7 +11,7 @@ from torch import nn
 
 from normlab.lab.cli import main
 from normlab.lab.models import build_model
-from normlab.lab.models_more import ScaleShift
+from normlab.lab.models.pointnet import ScaleShift
 from normlab.lab.reproduce import EXPERIMENTS, reproduce
 from normlab.lab.reproduce.analysis import band_stability, weight_analysis
 from normlab.lab.reproduce.instrument import (Instrumented, PercentileRecorder, halve_lr_every,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from normlab.lab.cli import main
-from normlab.lab.data import synthetic
+from normlab.lab.datasets.synthetic import synthetic
 from normlab.lab.reproduce import get_experiment
 from normlab.lab.reproduce.batch_size import plateau_gain, subset
 

@@ -1,6 +1,6 @@
 """The fast paths of the standardization loss (Collins, Ballé & Shlens 2019, arXiv:1903.00925)
-against an independent float64 reference: the C++ kernel, the pure-torch path, the
-torch.compile path, and the fallback when the kernel cannot be built."""
+against an independent float64 reference: the pure-torch default, the opt-in C++ kernel, the
+torch.compile path, and how the kernel's build fails, times out and falls back."""
 
 import pytest
 import torch
@@ -33,12 +33,16 @@ def reference_grad(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
 
 @pytest.fixture(params=["kernel", "torch"])
 def impl(request):
-    """Run the test under each CPU implementation; restore "auto" after."""
-    if request.param == "kernel" and not kernel_mod.load():
-        pytest.skip(f"C++ kernel unavailable here: {kernel_mod.error()}")
-    S.set_implementation(request.param)
+    """Run the test under each CPU implementation; restore the default after.
+
+    The kernel runs only where it is already built (``set_implementation("kernel")`` builds
+    it, about a minute): the suite never waits on a compiler.
+    """
+    if request.param == "kernel" and not kernel_mod.load(build=False):
+        pytest.skip(f"C++ kernel not built here {kernel_mod.error()}".strip())
+    assert S.set_implementation(request.param) == request.param
     yield request.param
-    S.set_implementation("auto")
+    S.set_implementation("torch")
 
 
 SHAPES = [((64, 7), 1), ((64, 7), -1), ((8, 5, 9), 1), ((6, 5, 9), -1), ((4, 6, 5, 5), 1),
@@ -70,17 +74,6 @@ def test_float32_exact_when_mean_dwarfs_spread(impl, mu):
     naive_var = (x * x).mean((0, 2, 3)) - x.mean((0, 2, 3)) ** 2
     true_var = x.detach().double().var((0, 2, 3), correction=0)
     assert (naive_var.double() - true_var).abs().max() > 1e-2  # the test can tell
-
-
-def test_kernel_moments_at_large_mean():
-    if not kernel_mod.load():
-        pytest.skip(kernel_mod.error())
-    for shape in [(512, 6, 1), (64, 6, 49)]:  # channels-last rows and channel-major rows
-        x = torch.randn(shape) * 0.5 + 1000.0
-        _, mean, var = torch.ops.normlab.std_loss_forward(x, EPS)
-        xd = x.double()
-        torch.testing.assert_close(mean, xd.mean((0, 2)), rtol=0, atol=1e-9)
-        torch.testing.assert_close(var, xd.var((0, 2), correction=0), rtol=1e-7, atol=0)
 
 
 @pytest.mark.parametrize("shape,cd", [((6, 3), 1), ((5, 3, 4), -1), ((3, 2, 3, 3), 1)])
@@ -117,19 +110,21 @@ def test_double_backward_raises(impl):
 
 
 def test_kernel_independent_of_thread_count():
-    if not kernel_mod.load():
-        pytest.skip(kernel_mod.error())
-    x = torch.randn(300, 40) * 3 + 2
+    if not kernel_mod.load(build=False):
+        pytest.skip("C++ kernel not built here")
     before = torch.get_num_threads()
+    out = []
     try:
-        torch.set_num_threads(1)
-        one = torch.ops.normlab.std_loss_forward(x.view(300, 40, 1), EPS)
-        torch.set_num_threads(2)
-        two = torch.ops.normlab.std_loss_forward(x.view(300, 40, 1), EPS)
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            x = (torch.randn(300, 40, generator=torch.Generator().manual_seed(0)) * 3 + 2)
+            x = x.view(300, 40, 1).requires_grad_()
+            loss = torch.ops.normlab.std_loss(x, EPS)
+            loss.backward()
+            out.append((loss.detach(), x.grad))
     finally:
         torch.set_num_threads(before)
-    for a, b in zip(one, two):
-        assert torch.equal(a, b)
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
 
 
 @pytest.mark.parametrize("bad", [torch.zeros(0, 3), torch.ones(1, 4), torch.ones(4, dtype=torch.int64)])
@@ -143,39 +138,61 @@ def test_bad_inputs_raise(bad):
 
 
 @pytest.fixture
-def fresh_kernel_state(monkeypatch):
-    """A process in which the kernel was never loaded and cannot be found."""
+def fresh_kernel_state(monkeypatch, tmp_path):
+    """A process in which the kernel was never loaded, with an empty build cache."""
     monkeypatch.setattr(kernel_mod, "_state", {"tried": False, "ok": False, "error": ""})
     monkeypatch.setattr(kernel_mod, "_registered", lambda: False)
+    monkeypatch.setattr(kernel_mod, "build_directory", lambda: str(tmp_path / "ext"))
+    monkeypatch.delenv("NORMLAB_CPU_KERNEL", raising=False)
     yield monkeypatch
-    S.set_implementation("auto")
+    S.set_implementation("torch")
 
 
-def test_falls_back_to_torch_when_build_fails(fresh_kernel_state):
-    def broken_build():
-        raise RuntimeError("Error building extension: g++ not found")
+def test_default_never_builds(fresh_kernel_state):
+    fresh_kernel_state.setattr(kernel_mod, "_build", lambda folder: pytest.fail("built"))
+    x = (torch.randn(16, 4, 3, 3) + 1).requires_grad_()
+    standardization_loss(x).backward()
+    assert S.implementation(x) == "torch" and not kernel_mod._state["tried"]
+
+
+def test_failed_build_warns_once_in_full_and_is_not_retried(fresh_kernel_state, recwarn):
+    def broken_build(folder):
+        raise RuntimeError("Error building extension:\nmain.cpp:3: error: no g++ here\n"
+                           "ninja: build stopped: subcommand failed.")
 
     fresh_kernel_state.setattr(kernel_mod, "_build", broken_build)
+    assert S.set_implementation("kernel") == "torch"
+    assert S.set_implementation("kernel") == "torch"  # no second warning, no second build
+    warned = [str(w.message) for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert len(warned) == 1 and "no g++ here" in warned[0] and "subcommand failed" in warned[0]
     x = (torch.randn(32, 5, 4, 4) + 2).requires_grad_()
-    with pytest.warns(RuntimeWarning, match="could not build"):
-        loss = standardization_loss(x)
-    assert S.implementation(x) == "torch" and "g++ not found" in kernel_mod.error()
+    loss = standardization_loss(x)
     loss.backward()
+    assert S.implementation(x) == "torch"
     torch.testing.assert_close(loss.double(), reference(x, 1), rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close(x.grad.double(), reference_grad(x, 1), rtol=1e-4, atol=1e-7)
-    with pytest.raises(RuntimeError, match="unavailable"):
-        S.set_implementation("kernel")
+    # Another process (fresh state) reads the recorded error instead of compiling again.
+    fresh_kernel_state.setattr(kernel_mod, "_state", {"tried": False, "ok": False, "error": ""})
+    fresh_kernel_state.setattr(kernel_mod, "_build", lambda folder: pytest.fail("rebuilt"))
+    with pytest.warns(RuntimeWarning, match="no g\\+\\+ here"):
+        assert not kernel_mod.load()
+    assert "earlier build failed" in kernel_mod.error()
 
 
 def test_env_var_disables_kernel_without_building(fresh_kernel_state):
     fresh_kernel_state.setenv("NORMLAB_CPU_KERNEL", "0")
-    fresh_kernel_state.setattr(kernel_mod, "_build", lambda: pytest.fail("must not build"))
-    assert S.implementation() == "torch"
+    fresh_kernel_state.setattr(kernel_mod, "_build", lambda folder: pytest.fail("must not build"))
+    assert S.set_implementation("kernel") == "torch"
     assert kernel_mod.error() == "NORMLAB_CPU_KERNEL=0"
 
 
+def test_cache_is_portable_and_keyed_on_content():
+    assert not any("march" in flag or "mtune" in flag for flag in kernel_mod.CFLAGS)
+    assert kernel_mod.NAME.startswith("normlab_std_loss_")
+    assert kernel_mod.build_directory().endswith(kernel_mod.NAME)
+
+
 def test_set_implementation_rejects_unknown_names():
-    with pytest.raises(ValueError, match="auto"):
+    with pytest.raises(ValueError, match="torch"):
         S.set_implementation("cuda")
 
 

@@ -19,7 +19,8 @@ from .collectives import all_gather_cat, all_reduce_max, all_reduce_sum, is_dist
 from .launch import RankFailedError, launch, spawn
 from .moments import (global_l1_moments, global_linf_moments, global_mean_var,
                       global_range_moments, global_standardization_loss)
-from .runtime import STATS, DistributedConfig, Replica, init_replica, shutdown, torchrun_world
+from .runtime import (BACKENDS, STATS, DistributedConfig, Replica, init_replica, shutdown,
+                      torchrun_world)
 from .sync_norm import (SyncBatchNorm, SyncBatchRenorm, SyncL1BatchNorm, SyncLinfBatchNorm,
                         SyncRangeBatchNorm, revert_sync_norm, sync_norm, unsynced_batch_layers)
 
@@ -28,7 +29,8 @@ __all__ = [
     "RankFailedError", "launch", "spawn",
     "global_l1_moments", "global_linf_moments", "global_mean_var", "global_range_moments",
     "global_standardization_loss",
-    "STATS", "DistributedConfig", "Replica", "init_replica", "shutdown", "torchrun_world",
+    "BACKENDS", "STATS", "DistributedConfig", "Replica", "init_replica", "shutdown",
+    "torchrun_world",
     "SyncBatchNorm", "SyncBatchRenorm", "SyncL1BatchNorm", "SyncLinfBatchNorm",
     "SyncRangeBatchNorm", "revert_sync_norm", "sync_norm", "unsynced_batch_layers",
 ]

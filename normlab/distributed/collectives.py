@@ -21,12 +21,37 @@ gets the full-batch gradient too — it is counted ``W`` times and averaged ``W`
 
 from __future__ import annotations
 
+import functools
+from typing import Callable, TypeVar
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 __all__ = ["group_size", "group_rank", "is_distributed", "all_reduce_sum", "all_gather_cat",
            "all_reduce_max"]
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def _outside_compiled_graphs(fn: _F) -> _F:
+    """``torch.compiler.disable(fn)``, built the first time ``fn`` is called while compiling.
+
+    Decorating with ``torch.compiler.disable`` at import would import ``torch._dynamo`` (over a
+    second) in every process that imports normlab; eager calls go straight to ``fn``, and under
+    ``torch.compile`` the call is a graph break that runs ``fn`` eagerly, as the decorator's.
+    """
+    disabled: list[Callable] = []
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not torch.compiler.is_compiling():
+            return fn(*args, **kwargs)
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))
+        return disabled[0](*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def is_distributed(group: dist.ProcessGroup | None = None) -> bool:
@@ -65,7 +90,7 @@ class _AllReduceSum(torch.autograd.Function):
         return grad, None
 
 
-@torch.compiler.disable  # a collective inside a compiled graph would need functional c10d ops
+@_outside_compiled_graphs  # a collective inside a compiled graph would need functional c10d ops
 def all_reduce_sum(tensor: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
     """Differentiable element-wise sum of ``tensor`` over the ranks of ``group``.
 

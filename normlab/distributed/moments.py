@@ -30,7 +30,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..functional.batch_norms import CORRECTIONS, gaussian_range, gaussian_topk_abs_mean
+from ..functional.dispersion_autograd import L1_CONSTANT, TOPK_PAPER_CONSTANT
+from ..functional.dispersion_batch_norm import CORRECTIONS, gaussian_topk_abs_mean
+from ..functional.range_constant import gaussian_range_unit_variance
 from ..functional.standardization import DEFAULT_EPS, reduction_dims
 from .collectives import all_gather_cat, all_reduce_max, all_reduce_sum
 
@@ -107,7 +109,7 @@ def global_l1_moments(x: Tensor, group: dist.ProcessGroup | None = None
     """Global mean and L1 dispersion ``sqrt(pi/2) * mean|x - mu|`` per channel (dim 1), and n."""
     mean, dev, n = _global_mean(x, "global_l1_moments", group)
     dims = tuple(d for d in range(x.dim()) if d != 1)
-    disp = all_reduce_sum(dev.abs().sum(dim=dims), group) * (math.sqrt(math.pi / 2.0) / n)
+    disp = all_reduce_sum(dev.abs().sum(dim=dims), group) * (L1_CONSTANT / n)
     return mean, disp, n
 
 
@@ -116,7 +118,8 @@ def global_linf_moments(x: Tensor, k: int = 10, correction: str = "exact",
     """Global mean and top-k dispersion per channel (dim 1), and n.
 
     The ``k`` (capped at the global ``n``) largest ``|x - mu|`` of the global batch, averaged
-    and scaled as :func:`normlab.functional.batch_norms.linf_moments` scales them for ``n``.
+    and scaled as :func:`normlab.functional.dispersion_batch_norm.linf_moments` scales them
+    for ``n``.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
@@ -133,14 +136,14 @@ def global_linf_moments(x: Tensor, k: int = 10, correction: str = "exact",
     if correction == "exact":
         disp = best.mean(dim=1) / gaussian_topk_abs_mean(n, k)
     else:
-        disp = best.mean(dim=1) * (0.5 * (1.0 + math.sqrt(math.pi * math.log(4.0)))
-                                   / math.sqrt(2.0 * math.log(n)))
+        disp = best.mean(dim=1) * (TOPK_PAPER_CONSTANT / math.sqrt(2.0 * math.log(n)))
     return mean, disp, n
 
 
 def global_range_moments(x: Tensor, correction: str = "exact",
                          group: dist.ProcessGroup | None = None) -> tuple[Tensor, Tensor, int]:
-    """Global mean and range dispersion ``(max - min) / R(n)`` per channel (dim 1), and n."""
+    """Global mean and range dispersion ``(max - min) / C(n)`` per channel (dim 1), and n
+    (``C(n)``: :func:`normlab.functional.range_constant.gaussian_range_unit_variance`)."""
     if correction not in CORRECTIONS:
         raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
     mean, _, n = _global_mean(x, "global_range_moments", group)
@@ -148,7 +151,8 @@ def global_range_moments(x: Tensor, correction: str = "exact",
     x = _stats_input(x)
     spread = (all_reduce_max(x.amax(dim=dims), group)
               + all_reduce_max(-x.amin(dim=dims), group))
-    scale = gaussian_range(n) if correction == "exact" else math.sqrt(2.0 * math.log(n))
+    scale = (gaussian_range_unit_variance(n) if correction == "exact"
+             else math.sqrt(2.0 * math.log(n)))
     return mean, spread / scale, n
 
 

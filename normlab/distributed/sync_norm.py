@@ -21,7 +21,7 @@ communicates. Not distributed (or one process), a synchronized layer computes wh
 original computes.
 
 Supported: torch's BatchNorm1d/2d/3d, normlab's
-:class:`~normlab.layers.batch_norms.L1BatchNorm`, ``LinfBatchNorm`` (global top-k, see
+:class:`~normlab.layers.dispersion_batch_norm.L1BatchNorm`, ``LinfBatchNorm`` (global top-k, see
 :mod:`normlab.distributed.moments`), ``RangeBatchNorm`` and ``BatchRenorm``. Other layers are
 left as they are; :func:`unsynced_batch_layers` lists the batch-statistics ones among them.
 
@@ -38,8 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..functional.batch_norms import dispersion_normalize
-from ..layers.batch_norms import BatchRenorm, L1BatchNorm, LinfBatchNorm, RangeBatchNorm
+from ..functional.dispersion_batch_norm import dispersion_normalize, range_running_factor
+from ..layers.batch_renormalization import BatchRenorm
+from ..layers.dispersion_batch_norm import L1BatchNorm, LinfBatchNorm, RangeBatchNorm
 from .moments import (global_l1_moments, global_linf_moments, global_mean_var,
                       global_range_moments)
 
@@ -104,20 +105,25 @@ class _SyncDispersion(_Synced):
     def _global_moments(self, x: Tensor) -> tuple[Tensor, Tensor, int]:
         raise NotImplementedError
 
+    def _running_factor(self, n: int) -> float:
+        """What the batch dispersion is scaled by in the running one (Range BN's)."""
+        return 1.0
+
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return super().forward(x)
         self._check_input(x)
         self.num_batches_tracked.add_(1)
-        mean, disp, _ = self._global_moments(x)
+        mean, disp, n = self._global_moments(x)
         with torch.no_grad():
             self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
-            self.running_disp.lerp_(disp.detach().to(self.running_disp.dtype), self.momentum)
+            running = disp.detach() * self._running_factor(n)
+            self.running_disp.lerp_(running.to(self.running_disp.dtype), self.momentum)
         return dispersion_normalize(x, mean, disp, self.weight, self.bias, self.eps).to(x.dtype)
 
 
 class SyncL1BatchNorm(_SyncDispersion, L1BatchNorm):
-    """:class:`~normlab.layers.batch_norms.L1BatchNorm` with global-batch mean and
+    """:class:`~normlab.layers.dispersion_batch_norm.L1BatchNorm` with global-batch mean and
     ``sqrt(pi/2) mean|x - mu|``."""
 
     def _global_moments(self, x: Tensor) -> tuple[Tensor, Tensor, int]:
@@ -125,7 +131,7 @@ class SyncL1BatchNorm(_SyncDispersion, L1BatchNorm):
 
 
 class SyncLinfBatchNorm(_SyncDispersion, LinfBatchNorm):
-    """:class:`~normlab.layers.batch_norms.LinfBatchNorm` with the global batch's top-k:
+    """:class:`~normlab.layers.dispersion_batch_norm.LinfBatchNorm` with the global batch's top-k:
     the ``k`` largest deviations of the whole batch, ``E_k(n)`` for the global ``n``."""
 
     def _global_moments(self, x: Tensor) -> tuple[Tensor, Tensor, int]:
@@ -133,15 +139,18 @@ class SyncLinfBatchNorm(_SyncDispersion, LinfBatchNorm):
 
 
 class SyncRangeBatchNorm(_SyncDispersion, RangeBatchNorm):
-    """:class:`~normlab.layers.batch_norms.RangeBatchNorm` with the global batch's range
-    and ``R(n)`` for the global ``n``."""
+    """:class:`~normlab.layers.dispersion_batch_norm.RangeBatchNorm` with the global batch's range
+    and ``C(n)`` for the global ``n``."""
 
     def _global_moments(self, x: Tensor) -> tuple[Tensor, Tensor, int]:
         return global_range_moments(x, self.correction, self.process_group)
 
+    def _running_factor(self, n: int) -> float:
+        return range_running_factor(n, self.correction)
+
 
 class SyncBatchRenorm(_Synced, BatchRenorm):
-    """:class:`~normlab.layers.batch_norms.BatchRenorm` with global-batch ``mu_B``,
+    """:class:`~normlab.layers.batch_renormalization.BatchRenorm` with global-batch ``mu_B``,
     ``sigma_B``; ``r``, ``d`` and the running update exactly as the single-process layer."""
 
     def forward(self, x: Tensor) -> Tensor:

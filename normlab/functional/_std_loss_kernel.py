@@ -1,33 +1,47 @@
-"""The standardization loss's CPU kernel: a C++ extension built on first use and cached.
+"""The standardization loss's optional CPU kernel: a C++ ``torch.library`` operator.
 
 Collins, Ballé & Shlens, "Accelerating Training of Deep Neural Networks with a Standardization
-Loss", 2019, arXiv:1903.00925. The loss needs two statistics per channel and a gradient that
-is affine in ``x`` per channel; on CPU the plain-torch two-pass form reads ``x`` three times
-and writes two temporaries of its size. This kernel reads ``x`` once for the statistics
+Loss", 2019, arXiv:1903.00925. The kernel reads ``x`` once for the two per-channel statistics
 (shifted sums around a per-channel pilot mean, blocks summed in the input type and blocks in
-float64) and once for the gradient, threads over channels through ``at::parallel_for``.
+float64) and once for the gradient (affine in ``x`` per channel), threads over channels, and
+registers ``torch.ops.normlab.std_loss`` with a C++ autograd node (no Python in its backward).
 
-``load()`` compiles the source with ``torch.utils.cpp_extension.load_inline`` (g++, 30-60 s
-on a 2-core machine, once; later processes load the cached library from
-``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) and registers the operators
-``torch.ops.normlab.std_loss`` (loss, with a C++ autograd node), and its two halves
-``std_loss_forward`` (loss, float64 mean and variance) and ``std_loss_backward``. It returns
-False, after one warning, where the build fails; callers then use the pure-torch path.
-``NORMLAB_CPU_KERNEL=0`` in the environment disables the kernel without trying to build it.
+Opt-in, built ahead of training: :func:`load` (``set_implementation("kernel")``) compiles it
+once per machine with ``torch.utils.cpp_extension.load_inline`` (about a minute); later
+processes load the cached library directly, without ninja or torch's extension versioner.
+
+- Cache key: a hash of the source, the flags, torch's version and the CPU architecture, in
+  ``$TORCH_EXTENSIONS_DIR/normlab_std_loss_<key>/`` (default root ``~/.cache/torch_extensions``),
+  whatever path python or torch was reached through. No ``-march=native``: a shared cache
+  may serve machines with different CPUs.
+- Build lock: an ``fcntl.flock`` on ``normlab.lock`` there, which the OS releases when its
+  holder dies, so an interrupted build leaves no lock that blocks anyone; a waiter gives up
+  after ``NORMLAB_KERNEL_LOCK_TIMEOUT`` seconds (default 300). Torch's own ``lock`` file, left
+  by an interrupted torch build and waited on for ever, is removed while the flock is held.
+- Failure: the full compiler output is warned once per process and kept in
+  ``build_error.txt``; later processes (``--jobs`` workers) read it instead of rebuilding.
+  Delete it to retry. ``NORMLAB_CPU_KERNEL=0`` disables the kernel.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import platform
 import threading
+import time
 import warnings
 
 import torch
 
-__all__ = ["load", "loaded", "disable", "error", "NAME", "SOURCE"]
+try:  # POSIX advisory locks; elsewhere builds are not serialized
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
-NAME = "normlab_std_loss_v2"
+__all__ = ["load", "error", "build_directory", "NAME", "SOURCE", "CFLAGS"]
+
 _log = logging.getLogger("normlab")
 _lock = threading.Lock()
 _state: dict[str, object] = {"tried": False, "ok": False, "error": ""}
@@ -249,31 +263,29 @@ at::Tensor loss_plain(const at::Tensor& x, double eps) { return std::get<0>(mome
 
 TORCH_LIBRARY(normlab, m) {
   m.def("std_loss(Tensor x, float eps) -> Tensor");
-  m.def("std_loss_forward(Tensor x, float eps) -> (Tensor, Tensor, Tensor)");
-  m.def("std_loss_backward(Tensor x, Tensor mean, Tensor var, float grad, float eps) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(normlab, CPU, m) {
-  m.impl("std_loss", &loss_plain);
-  m.impl("std_loss_forward", &moments_loss);
-  m.impl("std_loss_backward", &loss_grad);
-}
+TORCH_LIBRARY_IMPL(normlab, CPU, m) { m.impl("std_loss", &loss_plain); }
 
 TORCH_LIBRARY_IMPL(normlab, Autograd, m) { m.impl("std_loss", &loss_autograd); }
 """
 
+CFLAGS = ("-O3", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
+_KEY = hashlib.sha256("\0".join(
+    [SOURCE, *CFLAGS, *LDFLAGS, torch.__version__, platform.machine()]).encode()).hexdigest()[:16]
+NAME = f"normlab_std_loss_{_KEY}"
 
-def _build() -> None:
-    from torch.utils.cpp_extension import load_inline
 
-    load_inline(
-        NAME,
-        cpp_sources=SOURCE,
-        is_python_module=False,
-        extra_cflags=["-O3", "-march=native", "-fopenmp"],
-        extra_ldflags=["-fopenmp"],
-        verbose=False,
-    )
+def build_directory() -> str:
+    """Where the library for this source, these flags and this torch version is cached."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root(), NAME)
+
+
+def _library(folder: str) -> str:  # where load_inline puts the library
+    return os.path.join(folder, f"{NAME}.so")
 
 
 def _registered() -> bool:
@@ -283,46 +295,106 @@ def _registered() -> bool:
         return False
 
 
-def loaded() -> bool:
-    """Whether the kernel is registered in this process (never triggers a build)."""
-    return bool(_state["ok"])
+class _EarlierFailure(RuntimeError):
+    pass
 
 
-def disable(reason: str = "disabled") -> None:
-    """Never use the kernel in this process (``load()`` returns False from now on)."""
-    with _lock:
-        _state.update(tried=True, ok=False, error=reason)
+def _raise_if_failed(folder: str) -> None:
+    failed = os.path.join(folder, "build_error.txt")
+    if os.path.exists(failed):
+        with open(failed) as f:
+            raise _EarlierFailure(f"an earlier build failed (delete {failed} to retry):\n{f.read()}")
+
+
+def _lock_timeout() -> float:
+    raw = os.environ.get("NORMLAB_KERNEL_LOCK_TIMEOUT", "300")
+    if not raw.replace(".", "", 1).isdigit():
+        raise ValueError(f"NORMLAB_KERNEL_LOCK_TIMEOUT must be a number of seconds, got {raw!r}")
+    return float(raw)
+
+
+def _build(folder: str) -> None:
+    from torch.utils.cpp_extension import load_inline
+
+    load_inline(NAME, cpp_sources=SOURCE, is_python_module=False, build_directory=folder,
+                extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS), verbose=False)
+
+
+def _build_locked(folder: str, timeout: float) -> None:
+    """Build under the folder's flock; raise TimeoutError after ``timeout`` s of waiting."""
+    with open(os.path.join(folder, "normlab.lock"), "a") as handle:
+        if fcntl is not None:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(
+                            f"another process has held the build lock {handle.name} for "
+                            f"over {timeout:g} s (NORMLAB_KERNEL_LOCK_TIMEOUT)") from None
+                    time.sleep(0.2)
+        # Leaving the with block closes the file, which releases the flock.
+        if os.path.exists(_library(folder)):  # built while this process waited
+            torch.ops.load_library(_library(folder))
+            return
+        _raise_if_failed(folder)  # or failed while it waited: do not compile it again
+        # Only holders of the flock build here, so torch's baton file is a leftover of an
+        # interrupted build; left in place it makes load_inline wait for ever.
+        stale = os.path.join(folder, "lock")
+        if os.path.exists(stale):
+            os.remove(stale)
+        _build(folder)
 
 
 def error() -> str:
-    """Why the kernel is not available ("" if it is, or was not tried)."""
+    """Why the kernel is not available: the full message ("" if it is, or was not tried)."""
     return str(_state["error"])
 
 
-def load() -> bool:
-    """Build (first time on this machine) or load the kernel; False if that is impossible."""
+def load(build: bool = True) -> bool:
+    """Load the cached kernel, building it first if ``build`` and it is not cached.
+
+    Returns False where that is impossible; the first failure in a process warns once with
+    the full reason (:func:`error` keeps it), later calls return False silently.
+    """
     if _state["tried"]:
         return bool(_state["ok"])
     with _lock:
         if _state["tried"]:
             return bool(_state["ok"])
-        if os.environ.get("NORMLAB_CPU_KERNEL", "1").strip() in ("0", "false", "no", "off"):
+        if os.environ.get("NORMLAB_CPU_KERNEL", "1").strip().lower() in ("0", "false", "no", "off"):
             _state.update(tried=True, ok=False, error="NORMLAB_CPU_KERNEL=0")
             return False
         if _registered():
             _state.update(tried=True, ok=True, error="")
             return True
-        _log.warning("normlab: loading the standardization-loss CPU kernel (compiled once per "
-                     "machine, 30-60 s; cached by torch.utils.cpp_extension)")
+        folder = build_directory()
         try:
-            _build()
+            if os.path.exists(_library(folder)):
+                torch.ops.load_library(_library(folder))
+            elif not build and not os.path.exists(os.path.join(folder, "build_error.txt")):
+                return False
+            else:
+                _raise_if_failed(folder)
+                os.makedirs(folder, exist_ok=True)
+                _log.warning("normlab: building the standardization-loss CPU kernel in %s "
+                             "(once per machine, about a minute)", folder)
+                try:
+                    _build_locked(folder, _lock_timeout())
+                except Exception as err:
+                    if not isinstance(err, (TimeoutError, _EarlierFailure)):  # kept for others
+                        with open(os.path.join(folder, "build_error.txt"), "w") as f:
+                            f.write(f"{type(err).__name__}: {err}")
+                    raise
             if not _registered():
-                raise RuntimeError("the built library registered no normlab::std_loss")
+                raise RuntimeError(f"{_library(folder)} registered no normlab::std_loss")
         except Exception as err:  # any build or load failure means: use the torch path
-            msg = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+            msg = str(err).strip() or type(err).__name__
             _state.update(tried=True, ok=False, error=msg)
-            warnings.warn(f"normlab could not build its standardization-loss CPU kernel ({msg}); "
-                          f"using the pure-torch path", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"normlab: the standardization-loss CPU kernel is unavailable, using "
+                          f"the pure-torch path. Reason:\n{msg}", RuntimeWarning, stacklevel=3)
             return False
         _state.update(tried=True, ok=True, error="")
         return True

@@ -4,7 +4,7 @@ Hoffer, Banner, Golan & Soudry, "Norm matters: efficient and accurate normalizat
 in deep networks", 2018, arXiv:1803.01814 (L1 and top-k); Banner, Hubara, Hoffer & Soudry,
 "Scalable methods for 8-bit training of neural networks", 2018, arXiv:1805.11046 (Range).
 
-Same function and gradient as autograd through :func:`~normlab.functional.batch_norms.
+Same function and gradient as autograd through :func:`~normlab.functional.dispersion_batch_norm.
 l1_moments` (and the top-k and range moments) and the per-channel affine map, in about a
 third of the time on CPU: autograd's mean/abs backward builds several full-size temporaries
 from broadcast (stride-0) gradients, the slowest kernels torch has. Per channel, with
@@ -29,9 +29,15 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["fused_dispersion_batch_norm"]
+__all__ = ["fused_dispersion_batch_norm", "L1_CONSTANT", "TOPK_PAPER_CONSTANT"]
 
+#: ``sqrt(pi / 2)``: ``E|X - mu| = sigma / L1_CONSTANT`` for a Gaussian, so the L1 dispersion
+#: ``L1_CONSTANT * mean|x - mu|`` estimates sigma (arXiv:1803.01814).
 L1_CONSTANT = math.sqrt(math.pi / 2.0)
+
+#: ``0.5 (1 + sqrt(pi ln 4))``: the paper's asymptotic top-k constant (arXiv:1803.01814); its
+#: top-k dispersion is the top-k mean times ``TOPK_PAPER_CONSTANT / sqrt(2 ln n)``.
+TOPK_PAPER_CONSTANT = 0.5 * (1.0 + math.sqrt(math.pi * math.log(4.0)))
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -143,7 +149,7 @@ def fused_dispersion_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor |
         kind: ``"l1"``, ``"linf"`` (top-k) or ``"range"``.
         eps: added to the dispersion.
         constant: ``sqrt(pi / 2)`` (L1), the top-k mean of a standard normal sample (top-k;
-            the dispersion is the top-k mean divided by it) or the expected range (range).
+            the dispersion is the top-k mean divided by it) or the range divisor (range).
         k: the top-k count, ``<= n``.
 
     Returns:

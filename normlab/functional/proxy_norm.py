@@ -16,18 +16,27 @@ standard normal variable ``Z ~ N(0, 1)`` instead of the data::
 The proxy moments are functions of ``gamma`` and ``beta`` only, so they cost nothing per
 sample, need no batch, and pass gradients to ``gamma`` and ``beta``.
 
-**How the expectations are computed (normlab's choice).** A Gaussian-weighted trapezoid rule
-on a fixed uniform grid: nodes ``t_k`` evenly spaced on ``[-8, 8]``, weights
-``w_k ∝ exp(-t_k^2 / 2)`` normalized to sum to one, so ``E[f(Z)] ≈ sum_k w_k f(t_k)``.
-Gauss-Hermite quadrature, the usual choice, converges slowly for ReLU's kink (about 1e-3
-absolute error in the mean with 128 nodes, and worse at 256 in float64 as its weights
-underflow); the trapezoid rule's error is ``O(h^2)`` at the kink and spectrally small
-elsewhere: with the default 513 nodes (``h = 1/32``) the ReLU mean, variance and standard
-deviation are within about 6e-5 of the closed forms for the ``(gamma, beta)`` tested. Their
-gradients are coarser: for ReLU the rule's derivative in ``beta`` moves in steps as the kink
-crosses a node, so it is within one node weight (``h * phi(0)``, about 0.0125) of the exact
-``Phi(beta / |gamma|)``. The grid is deterministic, so training is reproducible and the
-layer has no sampling noise.
+**How the expectations are computed (normlab's choice).** In float64, then cast back:
+
+- Piecewise-linear activations have closed forms, used whenever the activation is one of
+  them: ``nn.ReLU`` (and ``torch.relu``, ``F.relu``), ``nn.LeakyReLU`` and ``nn.Hardtanh``
+  (so ``nn.ReLU6``). With ``X = gamma Z + beta``, ``s = |gamma|``, ``m(c) = E[relu(X - c)] =
+  (beta - c) Phi(t) + s phi(t)`` and ``q(c) = E[relu(X - c)^2] = ((beta - c)^2 + s^2) Phi(t)
+  + (beta - c) s phi(t)`` (``t = (beta - c) / s``); leaky ReLU is ``relu(X) - a relu(-X)``
+  (the cross term vanishes) and ``hardtanh = lo + relu(X - lo) - relu(X - hi)`` (cross term
+  ``E[relu(X - lo) relu(X - hi)] = q(hi) + (hi - lo) m(hi)``). Their gradients in ``gamma``
+  and ``beta`` are exact (a quadrature's derivative is not: for ReLU the 513-node rule below
+  moves in steps as the kink crosses a node, up to 1.6% off).
+- Any other activation: a Gaussian-weighted trapezoid rule on a fixed uniform grid, nodes
+  ``t_k`` evenly spaced on ``[-8, 8]``, weights ``w_k ∝ exp(-t_k^2 / 2)`` normalized to sum
+  to one, ``E[f(Z)] ≈ sum_k w_k f(t_k)``. For an activation analytic in a strip around the
+  real axis (sigmoid, tanh, GELU, SiLU) the error falls like ``exp(-2 pi d / h)`` (``d`` the
+  strip's half-width over ``|gamma|``, ``h = 1/32``): below float32 rounding for ``|gamma|``
+  up to about 20, gradients included. Gauss-Hermite quadrature would do as well there but
+  not at a kink; at a kink the trapezoid rule is ``O(h^2)`` (about 6e-5 in the mean), which
+  is why kinked activations get closed forms.
+
+The grid is deterministic, so training is reproducible and the layer has no sampling noise.
 """
 
 from __future__ import annotations
@@ -36,7 +45,8 @@ import math
 from typing import Callable
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 __all__ = ["gaussian_grid", "proxy_moments", "proxy_norm", "DEFAULT_NUM_NODES",
            "DEFAULT_HALF_WIDTH"]
@@ -82,6 +92,9 @@ def proxy_moments(
 ) -> tuple[Tensor, Tensor]:
     """Mean and variance of ``activation(weight * Z + bias)`` per channel, ``Z ~ N(0, 1)``.
 
+    Closed forms for ReLU, leaky ReLU and hardtanh (ReLU6), the quadrature rule otherwise;
+    computed in float64 and returned in ``weight``'s dtype.
+
     Args:
         activation: an elementwise function (``nn.ReLU()``, ``torch.sigmoid``, ...).
         weight, bias: per-channel gamma and beta, shape ``(C,)``.
@@ -97,11 +110,52 @@ def proxy_moments(
         )
     if nodes.dim() != 1 or nodes.shape != weights.shape:
         raise ValueError("nodes and weights must be 1-D tensors of the same length")
+    dtype = weight.dtype
+    weight, bias = weight.double(), bias.double()
+    closed = _closed_form_moments(activation, weight, bias)
+    if closed is not None:
+        return closed[0].to(dtype), closed[1].to(dtype)
+    nodes, weights = nodes.double(), weights.double()
+    weights = weights / weights.sum()  # float32 weights summed to 1 only to rounding
     proxy = activation(weight[:, None] * nodes[None, :] + bias[:, None])  # (C, K)
     mean = proxy @ weights
     dev = proxy - mean[:, None]
     var = (dev * dev) @ weights  # two passes: exact when |mean| >> std (e.g. sigmoid)
-    return mean, var
+    return mean.to(dtype), var.to(dtype)
+
+
+def _relu_moments(shift: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """``E[relu(X)]`` and ``E[relu(X)^2]`` for ``X ~ N(shift, scale^2)``."""
+    t = shift / scale
+    cdf = torch.special.ndtr(t)
+    pdf = torch.exp(-0.5 * t * t) / math.sqrt(2.0 * math.pi)
+    return shift * cdf + scale * pdf, (shift * shift + scale * scale) * cdf + shift * scale * pdf
+
+
+def _closed_form_moments(activation: Callable[[Tensor], Tensor], weight: Tensor,
+                         bias: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Mean and variance of a piecewise-linear ``activation(weight Z + bias)``, or ``None``
+    for an activation without a closed form here (see the module docstring)."""
+    # |gamma| floored so that gamma = 0 (a constant pre-activation) stays finite: t = +-inf
+    # gives the constant's moments, and beta = 0 gives t = 0 with a vanishing scale.
+    scale = weight.abs().clamp_min(1e-30)
+    if isinstance(activation, nn.ReLU) or activation in (torch.relu, F.relu):
+        mean, second = _relu_moments(bias, scale)
+    elif isinstance(activation, nn.LeakyReLU):
+        a = activation.negative_slope
+        m_pos, q_pos = _relu_moments(bias, scale)
+        m_neg, q_neg = _relu_moments(-bias, scale)
+        mean, second = m_pos - a * m_neg, q_pos + a * a * q_neg
+    elif isinstance(activation, nn.Hardtanh):  # nn.ReLU6 included
+        lo, hi = float(activation.min_val), float(activation.max_val)
+        m_lo, q_lo = _relu_moments(bias - lo, scale)
+        m_hi, q_hi = _relu_moments(bias - hi, scale)
+        u_mean = m_lo - m_hi
+        u_var = q_lo - q_hi - 2.0 * (hi - lo) * m_hi - u_mean * u_mean
+        return lo + u_mean, u_var.clamp_min(0.0)
+    else:
+        return None
+    return mean, (second - mean * mean).clamp_min(0.0)
 
 
 def proxy_norm(

@@ -1,2 +1,2 @@
-"""The lab: data, models, trainer, metrics, reports and the CLI. Imports the library, never
+"""The lab: datasets, models, trainer, metrics, reports and the CLI. Imports the library, never
 the other way round."""

@@ -21,7 +21,7 @@ import torch
 from ..distributed import Replica
 from ..methods import Method
 from .config import TrainConfig
-from .data import Dataset
+from .datasets import Dataset
 from .metrics import mean_curve, mean_std, resolution_text, speedup
 from .parallel import DatasetSpec, run_parallel
 from .train import RunResult, eval_schedule, train

@@ -1,7 +1,7 @@
 """Input scalings of an image dataset (the lab's ``--input-scaling`` option).
 
 normlab's loaders standardize pixels with the training split's scalar mean and std
-(``x = (p / 255 - mean) / std``, see :mod:`normlab.lab.data`). The standardization-loss
+(``x = (p / 255 - mean) / std``, see :mod:`normlab.lab.datasets`). The standardization-loss
 paper (Collins, Ballé & Shlens 2019, arXiv:1903.00925) does not say how it scaled MNIST; the
 TensorFlow input pipelines of its time fed ``p / 255``. The readings:
 
@@ -19,7 +19,7 @@ import dataclasses
 
 from torch import Tensor
 
-from .data import Dataset
+from .datasets import Dataset
 
 __all__ = ["INPUT_SCALINGS", "scale_inputs"]
 

@@ -20,7 +20,7 @@ import torch
 from ..methods import Method
 from .bench.allocator import tune_malloc
 from .config import TrainConfig
-from .data import Dataset, load_dataset
+from .datasets import Dataset, load_dataset
 from .train import RunResult, train
 
 __all__ = ["run_parallel", "DatasetSpec"]

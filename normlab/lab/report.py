@@ -12,7 +12,7 @@ from .experiment import Experiment, environment, summarize
 from .metrics import format_speedup, recovered_fraction
 from .plots import plot_accuracy, plot_losses
 
-__all__ = ["write_report", "format_table"]
+__all__ = ["write_report", "format_table", "json_safe"]
 
 
 def _fmt_speedup(row: dict) -> str:
@@ -55,13 +55,15 @@ def _recovered(rows: list[dict], reference: str = "batch_norm") -> list[str]:
             if parts else [])
 
 
-def _json_safe(obj):
+def json_safe(obj):
+    """``obj`` with every non-finite float (nested in dicts, lists, tuples) as ``None``,
+    which JSON can hold."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -86,7 +88,7 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
         "summary": rows,
         "runs": {k: [r.to_dict() for r in runs] for k, runs in exp.runs.items()},
     }
-    (out / "results.json").write_text(json.dumps(_json_safe(payload), indent=1))
+    (out / "results.json").write_text(json.dumps(json_safe(payload), indent=1))
     plot_accuracy(exp, out / "accuracy.png")
     plot_losses(exp, out / "loss.png")
     cfg = exp.config

@@ -24,8 +24,9 @@ from torch import Tensor, nn
 
 from ..distributed import Replica
 from ..methods import Method
+from ..surgery import deploy_model
 from .config import TrainConfig
-from .data import Batches, Dataset
+from .datasets import Batches, Dataset
 from .input_scaling import scale_inputs
 from .models import build_model
 
@@ -114,7 +115,7 @@ def train(
 
     Returns:
         The run's curves and the trained model in its deployment form (auxiliary hooks
-        removed, ``method.for_inference`` applied).
+        removed, :func:`normlab.surgery.deploy_model` applied).
     """
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -182,4 +183,4 @@ def train(
         optimizer.remove()
     if replica is not None:
         model = replica.finish(model)
-    return result, method.for_inference(model.eval())
+    return result, deploy_model(model.eval(), method)

@@ -5,11 +5,12 @@ Every normlab layer derives from :class:`NormLayer` (what surgery reads: ``eval_
 """
 
 from .base import NormLayer
-from .batch_norm import batch_norm
-from .batch_norms import BatchRenorm, L1BatchNorm, LinfBatchNorm, RangeBatchNorm
+from .torch_batch_norm import batch_norm
+from .batch_renormalization import BatchRenorm
+from .dispersion_batch_norm import L1BatchNorm, LinfBatchNorm, RangeBatchNorm
 from .decorrelated_bn import DecorrelatedBatchNorm
 from .frn import FilterResponseNorm
-from .group_norms import GroupNorm, InstanceNorm, LayerNorm
+from .group_norms import GroupNorm, GroupNorm1, InstanceNorm
 from .ic_layer import ICLayer
 from .kalman_norm import KalmanNorm
 from .mixture_norm import MixtureNorm
@@ -18,7 +19,7 @@ from .proxy_norm import ProxyNormActivation
 __all__ = [
     "NormLayer", "batch_norm",
     "BatchRenorm", "L1BatchNorm", "LinfBatchNorm", "RangeBatchNorm",
-    "GroupNorm", "LayerNorm", "InstanceNorm",
+    "GroupNorm", "GroupNorm1", "InstanceNorm",
     "FilterResponseNorm", "ProxyNormActivation", "ICLayer",
     "KalmanNorm", "MixtureNorm", "DecorrelatedBatchNorm",
 ]

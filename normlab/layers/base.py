@@ -5,8 +5,10 @@ Loss", 2019, arXiv:1903.00925, compare normalizations on one architecture and de
 any: :mod:`normlab.surgery` reads what it needs from the attributes and hooks of
 :class:`NormLayer` defined here. Also here: the input check every layer shares, the
 float32-statistics rule for half-precision inputs (as torch's BatchNorm does under autocast),
-and the constructor pieces (argument checks, affine parameters, running averages) that the
-torch-compatible ``(num_features, eps, momentum, affine, ...)`` layers have in common.
+the constructor pieces (argument checks, affine parameters, running averages) that the
+torch-compatible ``(num_features, eps, momentum, affine, ...)`` layers have in common, and the
+base classes built from them (:class:`RunningStatsNorm`, :class:`ChannelMatrixNorm`,
+:class:`BatchStatNorm`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_count, check_eps, check_momentum
 from ..functional.whitening import channel_matrix, from_channel_matrix
 
 __all__ = ["NormLayer", "with_spatial_dims", "check_channels", "stats_dtype", "autocast_off",
-           "check_norm_args", "init_affine", "reset_affine", "channel_affine",
-           "update_running_", "check_batch_values", "channel_matrix_forward", "running_affine"]
+           "check_norm_args", "channel_parameters", "init_affine", "reset_affine",
+           "channel_affine", "update_running_", "check_batch_values", "channel_matrix_forward",
+           "running_affine", "RunningStatsNorm", "ChannelMatrixNorm", "BatchStatNorm"]
 
 
 class NormLayer(nn.Module):
@@ -134,15 +138,27 @@ def check_norm_args(num_features: int, eps: float, momentum: float, *,
             without it, e.g. a dispersion plus eps, allow eps = 0).
         momentum: must be in ``[0, 1]`` (torch's convention: the weight of the new batch).
     """
-    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-        raise ValueError(f"num_features must be a positive int, got {num_features!r}")
-    if zero_eps:
-        if not eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-    elif not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    check_count(num_features, "num_features")
+    check_eps(eps, zero_ok=zero_eps)
+    check_momentum(momentum)
+
+
+def channel_parameters(module: nn.Module, num_features: int, factory: Mapping[str, object],
+                       **wanted: bool) -> None:
+    """Give ``module`` an uninitialized ``(num_features,)`` parameter for each name in
+    ``wanted`` whose flag is true, and register ``None`` under the others (as torch's
+    BatchNorm does for a missing affine map, so ``state_dict`` and surgery see the same
+    names). Registered in the order given.
+
+    Args:
+        factory: ``{"device": ..., "dtype": ...}`` for the new tensors.
+        wanted: parameter name -> whether the layer has it (e.g. ``tau=tlu``).
+    """
+    for name, flag in wanted.items():
+        if flag:
+            setattr(module, name, nn.Parameter(torch.empty(num_features, **factory)))
+        else:
+            module.register_parameter(name, None)
 
 
 def init_affine(module: nn.Module, num_features: int, affine: bool,
@@ -156,11 +172,7 @@ def init_affine(module: nn.Module, num_features: int, affine: bool,
         factory: ``{"device": ..., "dtype": ...}`` for the new tensors.
         scale: ``False`` for a shift-only layer (no ``weight`` even when ``affine``).
     """
-    for name, wanted in (("weight", affine and scale), ("bias", affine)):
-        if wanted:
-            setattr(module, name, nn.Parameter(torch.empty(num_features, **factory)))
-        else:
-            module.register_parameter(name, None)
+    channel_parameters(module, num_features, factory, weight=affine and scale, bias=affine)
 
 
 def reset_affine(module: nn.Module) -> None:
@@ -229,3 +241,121 @@ def channel_matrix_forward(x: Tensor, num_features: int,
     with autocast_off(x):
         y = normalize(channel_matrix(x).to(stats_dtype(x)), x)
     return from_channel_matrix(y.to(x.dtype), x)
+
+
+class RunningStatsNorm(NormLayer):
+    """Base of the torch-style ``(num_features, eps, momentum, affine, ..., device, dtype)``
+    layers that normalize with batch statistics in training and running averages in eval:
+    the argument checks, the attributes of those names, the affine parameters
+    (:func:`init_affine`) and ``reset_parameters``.
+
+    A subclass registers its running buffers after ``super().__init__`` and ends its own
+    constructor with ``self.reset_parameters()``. The default :meth:`reset_running_stats`
+    is for ``running_mean`` / ``running_var`` buffers; a layer with others overrides it.
+    """
+
+    def __init__(self, num_features: int, eps: float, momentum: float, affine: bool,
+                 device: torch.device | str | None, dtype: torch.dtype | None, *,
+                 zero_eps: bool = False, scale: bool = True) -> None:
+        super().__init__()
+        check_norm_args(num_features, eps, momentum, zero_eps=zero_eps)
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        init_affine(self, num_features, affine, {"device": device, "dtype": dtype},
+                    scale=scale)
+
+    def reset_running_stats(self) -> None:
+        """Running mean 0, running variance 1."""
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
+
+    def reset_parameters(self) -> None:
+        """Running statistics and then the affine map to their initial values."""
+        self.reset_running_stats()
+        reset_affine(self)
+
+
+class ChannelMatrixNorm(RunningStatsNorm):
+    """Base of the layers whose statistics are matrix products or iterations over the
+    ``(C, M)`` channel matrix (whitening, mixtures, Kalman prediction).
+
+    ``forward`` runs :func:`channel_matrix_forward` (float32 with autocast off for
+    half-precision inputs), checks that a training batch has more than one value per
+    channel, and applies the per-channel affine map to what the subclass's
+    :meth:`_normalize` returns.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return channel_matrix_forward(x, self.num_features, self._normalize_affine)
+
+    def _normalize_affine(self, xm: Tensor, x: Tensor) -> Tensor:
+        if self.training:
+            check_batch_values(xm, x)
+        return channel_affine(self._normalize(xm), self.weight, self.bias)
+
+    def _normalize(self, xm: Tensor) -> Tensor:
+        """The normalized ``(C, M)`` channel matrix (before the affine map), in ``xm``'s
+        dtype; in training also updates the running statistics."""
+        raise NotImplementedError
+
+
+class BatchStatNorm(RunningStatsNorm):
+    """Base of the batch-statistics layers with a running mean and a running dispersion
+    (:mod:`.dispersion_batch_norm`, :mod:`.batch_renorm`): their parameters, buffers, input
+    check and eval affine map.
+
+    ``_disp_buffer`` names the running dispersion buffer (``running_disp``, or
+    ``running_var`` for Batch Renorm), whose eval-mode std is given by ``_running_std``.
+    """
+
+    _disp_buffer = "running_disp"
+
+    def __init__(self, num_features: int, eps: float, momentum: float, affine: bool,
+                 scale: bool, spatial_dims: int | None, device, dtype) -> None:
+        super().__init__(num_features, eps, momentum, affine, device, dtype, zero_eps=True,
+                         scale=scale)
+        if spatial_dims is not None and spatial_dims not in (0, 1, 2, 3):
+            raise ValueError(f"spatial_dims must be None or 0-3, got {spatial_dims}")
+        factory = {"device": device, "dtype": dtype}
+        self.scale = scale and affine
+        self.spatial_dims = spatial_dims
+        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+        self.register_buffer(self._disp_buffer, torch.ones(num_features, **factory))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long,
+                                                                 device=device))
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        self.running_mean.zero_()
+        getattr(self, self._disp_buffer).fill_(1.0)
+        self.num_batches_tracked.zero_()
+
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{type(self).__name__} expects a Tensor, got {type(x).__name__}")
+        if self.spatial_dims is None:
+            if x.dim() < 2:
+                raise ValueError(f"{type(self).__name__} expects (N, C, *) input, "
+                                 f"got shape {tuple(x.shape)}")
+        elif x.dim() != self.spatial_dims + 2:
+            raise ValueError(
+                f"{type(self).__name__} with spatial_dims={self.spatial_dims} expects "
+                f"{self.spatial_dims + 2}-D input, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__} expects {self.num_features} channels "
+                             f"(dim 1), got shape {tuple(x.shape)}")
+
+    def _running_std(self) -> Tensor:
+        """The eval-mode divisor (including eps)."""
+        return self.running_disp + self.eps
+
+    def eval_affine(self) -> tuple[Tensor, Tensor]:
+        """``(scale, shift)``, each ``(C,)``: the eval output is ``x * scale + shift``."""
+        return running_affine(1.0 / self._running_std(), self.running_mean, self.weight,
+                              self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, scale={self.scale}, spatial_dims={self.spatial_dims}")

@@ -13,22 +13,14 @@ import warnings
 import torch
 from torch import Tensor
 
+from ..checks import check_count
 from ..functional.whitening import group_whitening, whitening_groups
-from .base import (
-    NormLayer,
-    channel_affine,
-    channel_matrix_forward,
-    check_batch_values,
-    check_norm_args,
-    init_affine,
-    reset_affine,
-    update_running_,
-)
+from .base import ChannelMatrixNorm, update_running_
 
 __all__ = ["DecorrelatedBatchNorm"]
 
 
-class DecorrelatedBatchNorm(NormLayer):
+class DecorrelatedBatchNorm(ChannelMatrixNorm):
     """ZCA-whitens each group of channels over the batch, then a per-channel affine map.
 
     Formula, for each group ``g`` of channels and each sample/position ``j``::
@@ -72,30 +64,16 @@ class DecorrelatedBatchNorm(NormLayer):
         >>> y = layer(torch.randn(8, 32, 7, 7))
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float = 0.1,
-        affine: bool = True,
-        group_size: int = 16,
-        iterations: int = 10,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        check_norm_args(num_features, eps, momentum)
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, group_size: int = 16, iterations: int = 10,
+                 device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(num_features, eps, momentum, affine, device, dtype)
         self.groups = whitening_groups(num_features, group_size)
-        if not isinstance(iterations, int) or iterations < 1:
-            raise ValueError(f"iterations must be a positive int, got {iterations!r}")
+        check_count(iterations, "iterations")
         factory = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
         self.group_size = group_size
         self.iterations = iterations
-        init_affine(self, num_features, affine, factory)
         self.register_buffer("running_mean", torch.zeros(num_features, **factory))
         self.register_buffer("running_whitening", torch.eye(num_features, **factory))
         self._warned = False
@@ -106,10 +84,6 @@ class DecorrelatedBatchNorm(NormLayer):
         self.running_mean.zero_()
         self.running_whitening.copy_(torch.eye(self.num_features))
 
-    def reset_parameters(self) -> None:
-        self.reset_running_stats()
-        reset_affine(self)
-
     def _blocks(self, matrix: Tensor) -> list[Tensor]:
         """The diagonal blocks of a block-diagonal ``(C, C)`` matrix, one per group."""
         out, start = [], 0
@@ -118,23 +92,16 @@ class DecorrelatedBatchNorm(NormLayer):
             start += size
         return out
 
-    def forward(self, x: Tensor) -> Tensor:
-        # Half-precision inputs (autocast) are whitened in float32 with autocast off: the
-        # covariance and Newton-Schulz products lose too much in bfloat16, and the running
-        # buffers keep their own dtype. The output has the input's dtype, as torch's BN.
-        return channel_matrix_forward(x, self.num_features, self._whiten)
-
-    def _whiten(self, xm: Tensor, x: Tensor) -> Tensor:
-        """Whitened, affine-mapped ``(C, M)`` channel matrix, in ``xm``'s dtype."""
+    def _normalize(self, xm: Tensor) -> Tensor:
+        """Whitened ``(C, M)`` channel matrix, in ``xm``'s dtype."""
         dtype = xm.dtype
         if self.training:
-            check_batch_values(xm, x)
             if xm.shape[1] <= self.groups[0] and not self._warned:
                 warnings.warn(
                     f"DecorrelatedBatchNorm: {xm.shape[1]} values per channel for groups of "
                     f"{self.groups[0]} channels; the batch covariance is singular and the "
                     f"running whitening matrix will be unreliable (use larger batches or a "
-                    f"smaller group_size)", RuntimeWarning, stacklevel=3)
+                    f"smaller group_size)", RuntimeWarning, stacklevel=4)
                 self._warned = True
             mean = xm.mean(dim=1)
             xc = xm - mean[:, None]
@@ -150,8 +117,7 @@ class DecorrelatedBatchNorm(NormLayer):
             size = w.shape[0]
             parts.append(w @ xc[start:start + size])
             start += size
-        y = torch.cat(parts, dim=0)
-        return channel_affine(y, self.weight, self.bias)
+        return torch.cat(parts, dim=0)
 
     def extra_repr(self) -> str:
         return (

@@ -27,8 +27,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_count, check_eps
 from ..functional.frn import filter_response_norm_tlu
-from .base import NormLayer, check_channels
+from .base import NormLayer, channel_parameters, check_channels, reset_affine
 
 __all__ = ["FilterResponseNorm"]
 
@@ -61,31 +62,19 @@ class FilterResponseNorm(NormLayer):
                  device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
+        check_count(num_features, "num_features")
+        check_eps(eps)
         self.num_features = num_features
         self.eps = eps
         self.learnable_eps = learnable_eps
         self.learned_eps_init = learned_eps_init
         self.use_tlu = tlu
-        kw = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(num_features, **kw))
-        self.bias = nn.Parameter(torch.empty(num_features, **kw))
-        if tlu:
-            self.tau = nn.Parameter(torch.empty(num_features, **kw))
-        else:
-            self.register_parameter("tau", None)
-        if learnable_eps:
-            self.eps_learned = nn.Parameter(torch.empty(num_features, **kw))
-        else:
-            self.register_parameter("eps_learned", None)
+        channel_parameters(self, num_features, {"device": device, "dtype": dtype},
+                           weight=True, bias=True, tau=tlu, eps_learned=learnable_eps)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.ones_(self.weight)
-        nn.init.zeros_(self.bias)
+        reset_affine(self)
         if self.tau is not None:
             nn.init.zeros_(self.tau)
         if self.eps_learned is not None:

@@ -1,4 +1,4 @@
-"""Group, Layer and Instance Normalization with a channels-first constructor.
+"""Group, Layer (:class:`GroupNorm1`) and Instance Normalization, channels-first constructors.
 
 - Wu & He, "Group Normalization", 2018, arXiv:1803.08494.
 - Ba, Kiros & Hinton, "Layer Normalization", 2016, arXiv:1607.06450.
@@ -38,11 +38,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .base import NormLayer, check_channels
+from ..checks import check_count, check_eps
+from .base import NormLayer, check_channels, init_affine, reset_affine
 
-__all__ = ["GroupNorm", "LayerNorm", "InstanceNorm", "default_num_groups"]
+__all__ = ["GroupNorm", "GroupNorm1", "InstanceNorm", "default_num_groups"]
 
 MAX_GROUPS = 32
 
@@ -72,32 +73,22 @@ class _GroupStandardize(NormLayer):
     def __init__(self, num_features: int, num_groups: int, eps: float, affine: bool,
                  device: torch.device | str | None, dtype: torch.dtype | None) -> None:
         super().__init__()
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        check_count(num_features, "num_features")
         if not isinstance(num_groups, int) or num_groups < 1 or num_features % num_groups:
             raise ValueError(
                 f"num_groups={num_groups!r} must be a positive int dividing "
                 f"num_features={num_features}"
             )
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
+        check_eps(eps)
         self.num_features = num_features
         self.num_groups = num_groups
         self.eps = eps
         self.affine = affine
-        if affine:
-            kw = {"device": device, "dtype": dtype}
-            self.weight = nn.Parameter(torch.empty(num_features, **kw))
-            self.bias = nn.Parameter(torch.empty(num_features, **kw))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        init_affine(self, num_features, affine, {"device": device, "dtype": dtype})
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        reset_affine(self)
 
     def _check(self, x: Tensor) -> None:
         check_channels(x, self.num_features, type(self).__name__)
@@ -140,13 +131,16 @@ class GroupNorm(_GroupStandardize):
         super().__init__(num_features, num_groups, eps, affine, device, dtype)
 
 
-class LayerNorm(_GroupStandardize):
+class GroupNorm1(_GroupStandardize):
     r"""Layer Normalization (Ba et al. 2016): standardize each sample over C and all positions.
 
     .. math::
         y = \gamma_c \frac{x - \mu_n}{\sqrt{\sigma^2_n + \epsilon}} + \beta_c
 
-    Group norm with one group; the affine map is per channel.
+    Group norm with one group; the affine map is per channel. Named for what it is (timm's
+    ``GroupNorm1``, the same computation), not ``LayerNorm``: torch's ``nn.LayerNorm`` takes a
+    normalized shape of trailing dims with an elementwise affine, and timm's ``LayerNorm2d``
+    normalizes each position over C only.
 
     Args:
         num_features: C.
@@ -157,7 +151,7 @@ class LayerNorm(_GroupStandardize):
         ``(N, C, *spatial)`` in and out, zero or more spatial dims.
 
     Example:
-        >>> LayerNorm(100)(torch.randn(4, 100)).shape
+        >>> GroupNorm1(100)(torch.randn(4, 100)).shape
         torch.Size([4, 100])
     """
 
@@ -207,7 +201,7 @@ class InstanceNorm(_GroupStandardize):
         if math.prod(x.shape[2:]) < 2:
             raise ValueError(
                 f"InstanceNorm needs more than one spatial position per channel, got an input "
-                f"of shape {tuple(x.shape)}: a single element standardizes to 0. Use LayerNorm "
+                f"of shape {tuple(x.shape)}: a single element standardizes to 0. Use GroupNorm1 "
                 f"for (N, C) features (the instance_norm method does so)."
             )
 

@@ -23,19 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import (
-    NormLayer,
-    check_channels,
-    check_norm_args,
-    init_affine,
-    reset_affine,
-    running_affine,
-)
+from .base import RunningStatsNorm, check_channels, running_affine
 
 __all__ = ["ICLayer"]
 
 
-class ICLayer(NormLayer):
+class ICLayer(RunningStatsNorm):
     r"""BatchNorm followed by Dropout(p), for any ``(N, C, *spatial)`` input.
 
     .. math::
@@ -63,28 +56,14 @@ class ICLayer(NormLayer):
                  momentum: float = 0.1, affine: bool = True,
                  device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        check_norm_args(num_features, eps, momentum)
+        super().__init__(num_features, eps, momentum, affine, device, dtype)
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability p must be in [0, 1), got {p}")
-        self.num_features = num_features
         self.p = p
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
         kw = {"device": device, "dtype": dtype}
-        init_affine(self, num_features, affine, kw)
         self.register_buffer("running_mean", torch.zeros(num_features, **kw))
         self.register_buffer("running_var", torch.ones(num_features, **kw))
         self.reset_parameters()
-
-    def reset_running_stats(self) -> None:
-        self.running_mean.zero_()
-        self.running_var.fill_(1.0)
-
-    def reset_parameters(self) -> None:
-        self.reset_running_stats()
-        reset_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
         check_channels(x, self.num_features, "ICLayer")

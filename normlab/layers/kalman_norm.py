@@ -29,6 +29,13 @@ transition is learned from the task loss. ``var_pred`` is the diagonal of
 ``A Sigma A^T + R`` for independent channels. Gradients flow through the previous layer's
 posterior, as in the paper's computation graph.
 
+Fusion is skipped when the prediction is far less certain than the batch: when the
+predicted variance is on average at least ``skip_ratio`` (100) times the batch variance,
+``mean_c(var_pred / (S + eps)) >= skip_ratio``, the layer normalizes with its batch
+statistics alone, as its authors' released code does with the same threshold (a transition
+that has not learned the scale yet would otherwise inflate ``Sigma_k`` and shrink the
+output towards 0). ``skip_ratio=None`` always fuses.
+
 The gain ``p`` (weight of the current batch) defaults to 0.9: mostly the batch, one tenth the
 prediction. The authors' CIFAR micro-batch code weights the prediction by 0.9 instead, with a
 transition tied to the true weights; with a learned transition we keep the batch dominant.
@@ -39,16 +46,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import (
-    NormLayer,
-    channel_affine,
-    channel_matrix_forward,
-    check_batch_values,
-    check_norm_args,
-    init_affine,
-    reset_affine,
-    update_running_,
-)
+from .base import ChannelMatrixNorm, running_affine, update_running_
 
 __all__ = ["KalmanNorm", "kalman_predict", "kalman_fuse"]
 
@@ -79,7 +77,7 @@ def kalman_fuse(batch_mean: Tensor, batch_var: Tensor, pred_mean: Tensor, pred_v
     return mean, var
 
 
-class KalmanNorm(NormLayer):
+class KalmanNorm(ChannelMatrixNorm):
     """One layer of Batch Kalman Normalization (see the module docstring for the formula).
 
     A layer built with ``prev_features`` owns a transition from a previous layer with that
@@ -105,6 +103,8 @@ class KalmanNorm(NormLayer):
         affine: learn ``weight`` (init 1) and ``bias`` (init 0).
         gain: ``p`` in ``[0, 1]``, the weight of the current batch's statistics.
         prev_features: channels of the previous Kalman layer, ``None`` for a chain's first.
+        skip_ratio: fuse only while ``mean(var_pred / (S + eps)) < skip_ratio`` (see the module
+            docstring); ``None`` always fuses.
 
     Shape:
         Input ``(N, C, *)``; output alike.
@@ -116,33 +116,23 @@ class KalmanNorm(NormLayer):
         >>> y = second(torch.randn(16, 4))
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float = 0.1,
-        affine: bool = True,
-        gain: float = 0.9,
-        prev_features: int | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        check_norm_args(num_features, eps, momentum)
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, gain: float = 0.9, prev_features: int | None = None,
+                 skip_ratio: float | None = 100.0, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(num_features, eps, momentum, affine, device, dtype)
         if prev_features is not None and (not isinstance(prev_features, int)
                                           or prev_features < 1):
             raise ValueError(f"prev_features must be a positive int or None, got "
                              f"{prev_features!r}")
         if not 0.0 <= gain <= 1.0:
             raise ValueError(f"gain must be in [0, 1], got {gain}")
+        if skip_ratio is not None and not skip_ratio > 0:
+            raise ValueError(f"skip_ratio must be > 0 or None, got {skip_ratio}")
+        self.skip_ratio = skip_ratio
         factory = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
         self.gain = gain
         self.prev_features = prev_features
-        init_affine(self, num_features, affine, factory)
         if prev_features is not None:
             self.transition = nn.Parameter(torch.empty(num_features, prev_features, **factory))
             self.transition_bias = nn.Parameter(torch.empty(num_features, **factory))
@@ -176,13 +166,8 @@ class KalmanNorm(NormLayer):
                              f"channels, the given layer has {prev.num_features}")
         self._prev = [prev]
 
-    def reset_running_stats(self) -> None:
-        self.running_mean.zero_()
-        self.running_var.fill_(1.0)
-
     def reset_parameters(self) -> None:
-        self.reset_running_stats()
-        reset_affine(self)
+        super().reset_parameters()
         if self.prev_features is not None:
             nn.init.zeros_(self.transition)
             nn.init.zeros_(self.transition_bias)
@@ -204,22 +189,17 @@ class KalmanNorm(NormLayer):
                               self.transition.to(dtype), self.transition_bias.to(dtype),
                               self.log_noise_var.to(dtype).exp())
 
-    def forward(self, x: Tensor) -> Tensor:
-        # Half-precision inputs (autocast) get float32 statistics with autocast off (the
-        # prediction is a matrix product autocast would run in bfloat16); the buffers keep
-        # their dtype and the output has the input's, as with torch's BN.
-        return channel_matrix_forward(x, self.num_features, self._normalize)
-
-    def _normalize(self, xm: Tensor, x: Tensor) -> Tensor:
-        """Normalized, affine-mapped ``(C, M)`` channel matrix, in ``xm``'s dtype."""
+    def _normalize(self, xm: Tensor) -> Tensor:
+        """Normalized ``(C, M)`` channel matrix, in ``xm``'s dtype."""
         dtype = xm.dtype
         if self.training:
             m = xm.shape[1]
-            check_batch_values(xm, x)
             batch_mean = xm.mean(dim=1)
             dev = xm - batch_mean[:, None]
             batch_var = (dev * dev).mean(dim=1)
             prior = None if self.prev_features is None else self._prior(dtype)
+            if prior is not None and self._prediction_too_uncertain(prior[1], batch_var):
+                prior = None
             if prior is None:
                 mean, var = batch_mean, batch_var
                 unbiased = batch_var.detach() * (m / (m - 1))
@@ -233,15 +213,18 @@ class KalmanNorm(NormLayer):
         else:
             mean, var = self.running_mean.to(dtype), self.running_var.to(dtype)
         self.last_mean, self.last_var, self._fresh = mean, var, True
-        y = (xm - mean[:, None]) / (var[:, None] + self.eps).sqrt()
-        return channel_affine(y, self.weight, self.bias)
+        return (xm - mean[:, None]) / (var[:, None] + self.eps).sqrt()
+
+    def _prediction_too_uncertain(self, pred_var: Tensor, batch_var: Tensor) -> bool:
+        """Whether the predicted variance is ``skip_ratio`` times the batch's, on average."""
+        if self.skip_ratio is None:
+            return False
+        ratio = (pred_var.detach() / (batch_var.detach() + self.eps)).mean()
+        return bool(ratio >= self.skip_ratio)
 
     def eval_affine(self) -> tuple[Tensor, Tensor]:
-        scale = (self.running_var + self.eps).rsqrt()
-        shift = -self.running_mean * scale
-        if self.affine:
-            scale, shift = scale * self.weight, shift * self.weight + self.bias
-        return scale, shift
+        return running_affine((self.running_var + self.eps).rsqrt(), self.running_mean,
+                              self.weight, self.bias)
 
     def __getstate__(self) -> dict:
         # The published posterior may be a non-leaf tensor of the last graph: deepcopy and
@@ -253,4 +236,5 @@ class KalmanNorm(NormLayer):
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, gain={self.gain}, prev_features={self.prev_features}")
+                f"affine={self.affine}, gain={self.gain}, prev_features={self.prev_features}, "
+                f"skip_ratio={self.skip_ratio}")

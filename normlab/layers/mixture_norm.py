@@ -36,16 +36,8 @@ import math
 import torch
 from torch import Tensor
 
-from .base import (
-    NormLayer,
-    channel_affine,
-    channel_matrix_forward,
-    check_batch_values,
-    check_norm_args,
-    init_affine,
-    reset_affine,
-    update_running_,
-)
+from ..checks import check_count
+from .base import ChannelMatrixNorm, update_running_
 
 __all__ = ["MixtureNorm", "gmm_fit_1d", "gmm_responsibilities", "mixture_normalize"]
 
@@ -123,7 +115,7 @@ def mixture_normalize(xm: Tensor, tau: Tensor, weights: Tensor, means: Tensor,
     return (scale * (xm[:, None, :] - means[:, :, None])).sum(dim=1)
 
 
-class MixtureNorm(NormLayer):
+class MixtureNorm(ChannelMatrixNorm):
     """Mixture Normalization (see the module docstring for the formula and choices).
 
     Training fits the mixture to the batch and normalizes with it; it also updates the
@@ -154,31 +146,16 @@ class MixtureNorm(NormLayer):
         >>> y = layer(torch.randn(8, 16, 7, 7))
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float = 0.1,
-        affine: bool = True,
-        components: int = 2,
-        em_iterations: int = 3,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        check_norm_args(num_features, eps, momentum)
-        if not isinstance(components, int) or components < 1:
-            raise ValueError(f"components must be a positive int, got {components!r}")
-        if not isinstance(em_iterations, int) or em_iterations < 0:
-            raise ValueError(f"em_iterations must be an int >= 0, got {em_iterations!r}")
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, components: int = 2, em_iterations: int = 3,
+                 device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(num_features, eps, momentum, affine, device, dtype)
+        check_count(components, "components")
+        check_count(em_iterations, "em_iterations", minimum=0)
         factory = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
         self.components = components
         self.em_iterations = em_iterations
-        init_affine(self, num_features, affine, factory)
         shape = (num_features, components)
         self.register_buffer("running_weights", torch.empty(shape, **factory))
         self.register_buffer("running_means", torch.empty(shape, **factory))
@@ -191,22 +168,11 @@ class MixtureNorm(NormLayer):
         self.running_means.copy_(torch.linspace(-1.0, 1.0, k) if k > 1 else torch.zeros(1))
         self.running_vars.fill_(1.0)
 
-    def reset_parameters(self) -> None:
-        self.reset_running_stats()
-        reset_affine(self)
-
-    def forward(self, x: Tensor) -> Tensor:
-        # Half-precision inputs (autocast) are fitted and normalized in float32 with autocast
-        # off (EM in bfloat16 is too coarse); buffers keep their dtype, the output has the
-        # input's, as with torch's BN.
-        return channel_matrix_forward(x, self.num_features, self._normalize)
-
-    def _normalize(self, xm: Tensor, x: Tensor) -> Tensor:
-        """Mixture-normalized, affine-mapped ``(C, M)`` channel matrix, in ``xm``'s dtype."""
+    def _normalize(self, xm: Tensor) -> Tensor:
+        """Mixture-normalized ``(C, M)`` channel matrix, in ``xm``'s dtype."""
         dtype = xm.dtype
         if self.training:
             m = xm.shape[1]
-            check_batch_values(xm, x)
             fit = gmm_fit_1d(xm.detach(), self.components, self.em_iterations, self.eps)
             tau = gmm_responsibilities(xm.detach(), *fit, self.eps)
             weights, means, variances = _m_step(xm, tau)
@@ -221,8 +187,7 @@ class MixtureNorm(NormLayer):
             weights, means, variances = (t.to(dtype) for t in (
                 self.running_weights, self.running_means, self.running_vars))
             tau = gmm_responsibilities(xm, weights, means, variances, self.eps)
-        y = mixture_normalize(xm, tau, weights, means, variances, self.eps)
-        return channel_affine(y, self.weight, self.bias)
+        return mixture_normalize(xm, tau, weights, means, variances, self.eps)
 
     def extra_repr(self) -> str:
         return (

@@ -4,16 +4,16 @@ Labatie, Masters, Eaton-Rosen & Luschi, "Proxy-Normalizing Activations to Match 
 Normalization while Removing Batch Dependence", 2021, arXiv:2106.03743.
 
 This module is the part of the paper's block that follows a batch-independent
-normalization (the ``proxy_norm`` method puts a :class:`~normlab.layers.group_norms.LayerNorm`
+normalization (the ``proxy_norm`` method puts a :class:`~normlab.layers.group_norms.GroupNorm1`
 or :class:`~normlab.layers.group_norms.GroupNorm` without affine map in front of it)::
 
     y     = phi(gamma_c * z + beta_c)
     y_hat = (y - E[phi(gamma_c Z + beta_c)]) / sqrt(Var[phi(gamma_c Z + beta_c)] + eps)
     out   = gamma'_c * y_hat + beta'_c                         Z ~ N(0, 1)
 
-The proxy moments come from a fixed Gaussian-weighted trapezoid rule (see
-:mod:`normlab.functional.proxy_norm` for why not Gauss-Hermite), are exact functions of
-``gamma``, ``beta`` and differentiable in them, and involve no other sample. normlab fixes
+The proxy moments are closed forms for ReLU, leaky ReLU and hardtanh (ReLU6) and a fixed
+Gaussian-weighted trapezoid rule otherwise (see :mod:`normlab.functional.proxy_norm`), are
+functions of ``gamma``, ``beta`` only and differentiable in them, and involve no other sample. normlab fixes
 the proxy at ``N(0, 1)`` (what a standardized pre-activation would be) and ends with a second
 per-channel affine map ``(gamma', beta')`` so the next layer sees a learnable scale and
 shift, as it would after BatchNorm's affine map.
@@ -24,8 +24,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_count, check_eps
 from ..functional.proxy_norm import DEFAULT_NUM_NODES, gaussian_grid, proxy_moments, proxy_norm
-from .base import NormLayer, check_channels
+from .base import NormLayer, channel_parameters, check_channels, reset_affine
 
 __all__ = ["ProxyNormActivation"]
 
@@ -44,7 +45,8 @@ class ProxyNormActivation(NormLayer):
         num_features: C.
         activation: the elementwise nonlinearity (an ``nn.Module``, e.g. ``nn.ReLU()``).
         eps: added to the proxy variance.
-        num_nodes: nodes of the quadrature rule for the proxy moments.
+        num_nodes: nodes of the quadrature rule for the proxy moments (activations without a
+            closed form).
         out_affine: learn the second affine map ``(gamma', beta')`` (init 1, 0).
 
     Shape:
@@ -63,26 +65,17 @@ class ProxyNormActivation(NormLayer):
                  device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        check_count(num_features, "num_features")
         if not isinstance(activation, nn.Module):
             raise TypeError(f"activation must be an nn.Module, got {type(activation).__name__}")
-        if not eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
+        check_eps(eps, zero_ok=True)
         self.num_features = num_features
         self.activation = activation
         self.eps = eps
         self.num_nodes = num_nodes
         self.out_affine = out_affine
-        kw = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(num_features, **kw))
-        self.bias = nn.Parameter(torch.empty(num_features, **kw))
-        if out_affine:
-            self.out_weight = nn.Parameter(torch.empty(num_features, **kw))
-            self.out_bias = nn.Parameter(torch.empty(num_features, **kw))
-        else:
-            self.register_parameter("out_weight", None)
-            self.register_parameter("out_bias", None)
+        channel_parameters(self, num_features, {"device": device, "dtype": dtype},
+                           weight=True, bias=True, out_weight=out_affine, out_bias=out_affine)
         nodes, weights = gaussian_grid(num_nodes, dtype=dtype, device=device)
         # Derived from num_nodes, so not saved: checkpoints stay small and rule-independent.
         self.register_buffer("nodes", nodes, persistent=False)
@@ -90,8 +83,7 @@ class ProxyNormActivation(NormLayer):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.ones_(self.weight)
-        nn.init.zeros_(self.bias)
+        reset_affine(self)
         if self.out_affine:
             nn.init.ones_(self.out_weight)
             nn.init.zeros_(self.out_bias)

@@ -27,15 +27,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ..nn_types import WEIGHT_LAYERS
+
 __all__ = [
     "WEIGHT_LAYERS", "RELU_GAIN", "unit_norm", "weight_norm", "bounded_weight_norm",
     "scaled_weight_standardization", "WeightNorm", "BoundedWeightNorm",
     "ScaledWeightStandardization", "weight_layers", "apply_weight_norm",
     "apply_bounded_weight_norm", "apply_scaled_weight_standardization", "remove_weight_param",
 ]
-
-#: The layers whose ``weight`` is reparametrized (dim 0 of their weight is the output unit).
-WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 #: The ReLU gain ``gamma = sqrt(2 / (1 - 1/pi))`` of arXiv:2101.08692 (section 4): the scale that
 #: restores unit variance after a ReLU of a unit Gaussian. Pass it as ``gain_init`` to start

@@ -31,13 +31,11 @@ from torch import Tensor, nn
 
 from ..distributed.collectives import is_distributed
 from ..distributed.moments import global_standardization_loss
+from ..distributed.runtime import STATS
 from ..functional.standardization import DEFAULT_EPS, standardization_loss
+from ..nn_types import WEIGHT_LAYERS
 
 __all__ = ["StandardizationLoss", "select_layers", "WEIGHT_LAYERS", "STATS"]
-
-STATS = ("replica", "global")
-
-WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 LayerSpec = Union[str, type, Sequence[Union[str, type]], None]
 

@@ -1,8 +1,9 @@
 """The method registry: every normalization normlab knows, by name.
 
 A method file defines a :class:`~normlab.methods.base.Method` subclass and registers it with
-``@METHODS.register("name")``; importing this package imports every method file, so
-``normlab list`` and the tests parametrized over the registry see it at once.
+``@METHODS.register("name")``, which also sets the class's ``name``; importing this package
+imports every method file, so ``normlab list`` and the tests parametrized over the registry
+see it at once.
 """
 
 from __future__ import annotations
@@ -11,12 +12,27 @@ import functools
 import inspect
 from typing import Any, Callable, Union
 
-from ..registry import Registry
+from ..registry import Registry, normalize_name
 from .base import KINDS, AuxiliaryLoss, Method
 
-__all__ = ["METHODS", "Method", "AuxiliaryLoss", "KINDS", "create_method", "method_accepts"]
+__all__ = ["METHODS", "MethodRegistry", "Method", "AuxiliaryLoss", "KINDS", "create_method",
+           "method_accepts"]
 
-METHODS: Registry[Callable[..., Method]] = Registry("method")
+
+class MethodRegistry(Registry[Callable[..., Method]]):
+    """The method registry: registering a Method class also sets its ``name``, so the name
+    is written once, in the decorator."""
+
+    def register(self, name: str, obj: Callable[..., Method] | None = None):
+        if obj is None:
+            return lambda o: self.register(name, o)
+        super().register(name, obj)
+        if isinstance(obj, type) and issubclass(obj, Method):
+            obj.name = normalize_name(name)
+        return obj
+
+
+METHODS = MethodRegistry("method")
 
 MethodSpec = Union[str, Method, type, functools.partial]
 

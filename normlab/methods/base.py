@@ -1,7 +1,7 @@
 """The method abstraction: one object per normalization, four optional hooks.
 
 Every normalization in the seed papers intervenes in training in one (or more) of four ways
-(see ``shared/design.md``):
+(``docs/design.md`` in the repository says more):
 
 =========  ==========================================  =====================================
 kind       hook                                        examples
@@ -14,19 +14,25 @@ weight     :meth:`Method.prepare`                      weight norm, weight stand
 
 A model asks the method for the block that follows each weight layer (``block``); the trainer
 asks it to ``prepare`` the built model, for an auxiliary loss and for an optimizer wrapper;
-deployment asks it for the inference model (``for_inference``). Every hook defaults to "do
-nothing", so a method overrides only what it uses and models, trainer and CLI never change
-when a method is added.
+deployment (:func:`normlab.surgery.deploy_model`) applies its ``for_inference`` and, for a
+method that declares ``folds = True``, folds its layers into the weights. Every hook defaults
+to "do nothing", so a method overrides only what it uses and models, trainer and CLI never
+change when a method is added.
+
+A method is declared once: ``@METHODS.register("name")`` sets its ``name``, and
+:meth:`Method.options` reads the constructor's parameters back from the same-named attributes,
+so a method file lists neither again.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import inspect
+from typing import ClassVar, Protocol
 
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-__all__ = ["Method", "AuxiliaryLoss", "KINDS"]
+__all__ = ["Method", "BatchStatsMethod", "AuxiliaryLoss", "KINDS"]
 
 KINDS = ("none", "layer", "loss", "gradient", "weight")
 
@@ -50,13 +56,19 @@ class Method:
     Class attributes describe the method for tables and ``normlab list``:
 
     Attributes:
-        name: registry name.
+        name: registry name (set by ``METHODS.register``).
         kind: one of ``KINDS``.
         paper: short citation (authors, year, arXiv id or venue).
         batch_dependent: whether a sample's training output depends on the rest of its batch.
         inference: what the method costs at inference, in words ("none", "folded", "layer").
         conv_bias: whether weight layers before this method's block keep their bias (a
             normalization with a learned shift makes the bias redundant).
+        folds: whether deployment folds the method's normalization layers into the weight
+            layer before each (their eval map is per-channel affine); done by
+            :func:`normlab.surgery.deploy_model`, after :meth:`for_inference`.
+        option_attributes: constructor parameters stored under another attribute name
+            (``{"norm": "norm_kind"}`` where ``norm`` would shadow the hook); read by
+            :meth:`options`.
     """
 
     name: str = ""
@@ -65,6 +77,8 @@ class Method:
     batch_dependent: bool = False
     inference: str = "none"
     conv_bias: bool = True
+    folds: bool = False
+    option_attributes: ClassVar[dict[str, str]] = {}
 
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module | None:
         """The normalization layer for a pre-activation with ``num_features`` channels.
@@ -100,13 +114,51 @@ class Method:
         return optimizer
 
     def for_inference(self, model: nn.Module) -> nn.Module:
-        """The deployment form of a trained model (e.g. BN folded, hooks removed)."""
+        """The method's own step of deployment (weights baked in, hooks removed); folding
+        is declared with ``folds`` and done by :func:`normlab.surgery.deploy_model`."""
         return model
 
     def options(self) -> dict[str, object]:
-        """The constructor options of this instance, recorded beside every result."""
-        return {}
+        """The constructor options of this instance, recorded beside every result.
+
+        Derived from the constructor's signature: each parameter's value is read from the
+        instance attribute of the same name (or the one ``option_attributes`` names), so
+        ``create_method(self.name, **self.options())`` rebuilds an equal method.
+
+        Raises:
+            AttributeError: the constructor does not store a parameter under its name.
+        """
+        params = list(inspect.signature(type(self).__init__).parameters.values())[1:]
+        state = vars(self)
+        out: dict[str, object] = {}
+        for p in params:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            attr = self.option_attributes.get(p.name, p.name)
+            if attr not in state:
+                raise AttributeError(
+                    f"{type(self).__name__}.__init__ does not store its argument {p.name!r} "
+                    f"as self.{attr}: store it under that name or map it in option_attributes"
+                )
+            out[p.name] = state[attr]
+        return out
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({opts})"
+
+
+class BatchStatsMethod(Method):
+    """Base of the layer methods that normalize with batch statistics in training and with
+    running averages in eval, with a learned shift: BatchNorm and its variants.
+
+    Their eval map is per-channel affine, so deployment folds each layer into the weight
+    layer before it (``folds``) and the deployed model costs what the bare network costs;
+    the learned shift makes that weight layer's bias redundant (``conv_bias = False``).
+    """
+
+    kind = "layer"
+    batch_dependent = True
+    inference = "folded into the weights"
+    conv_bias = False
+    folds = True

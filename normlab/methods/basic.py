@@ -12,24 +12,23 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..layers.batch_norm import batch_norm
+from ..layers.torch_batch_norm import batch_norm
 from ..losses.standardization import STATS, WEIGHT_LAYERS, StandardizationLoss
 from . import METHODS
-from .base import Method
+from .base import BatchStatsMethod, Method
 
 
 @METHODS.register("none")
 class NoNorm(Method):
     """No normalization: the baseline every speed-up is measured against."""
 
-    name = "none"
     kind = "none"
     paper = "-"
     inference = "none"
 
 
 @METHODS.register("batch_norm")
-class BatchNormMethod(Method):
+class BatchNormMethod(BatchStatsMethod):
     """Batch Normalization before each nonlinearity.
 
     Args:
@@ -37,12 +36,7 @@ class BatchNormMethod(Method):
         momentum, eps: as in ``torch.nn.BatchNorm2d``.
     """
 
-    name = "batch_norm"
-    kind = "layer"
     paper = "Ioffe & Szegedy 2015, arXiv:1502.03167"
-    batch_dependent = True
-    inference = "folded into the weights"
-    conv_bias = False
 
     def __init__(self, scale: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> None:
         self.scale = scale
@@ -53,21 +47,15 @@ class BatchNormMethod(Method):
         return batch_norm(num_features, spatial_dims, scale=self.scale, eps=self.eps,
                           momentum=self.momentum)
 
-    def for_inference(self, model: nn.Module) -> nn.Module:
-        """BN folded into the preceding conv/linear: deployment costs what the bare net costs."""
-        from ..surgery.fold import fold_batch_norm  # surgery imports this package
-
-        return fold_batch_norm(model).model
-
-    def options(self) -> dict[str, object]:
-        return {"scale": self.scale, "momentum": self.momentum, "eps": self.eps}
-
 
 @METHODS.register("batch_norm_affine")
 class AffineBatchNormMethod(BatchNormMethod):
-    """Batch Normalization with both scale and shift (the usual torch default)."""
+    """Batch Normalization with both scale and shift (the usual torch default).
 
-    name = "batch_norm_affine"
+    Args:
+        momentum, eps: as in ``torch.nn.BatchNorm2d``; the scale is always learned, so it is
+            not an option (and not among :meth:`options`).
+    """
 
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__(scale=True, momentum=momentum, eps=eps)
@@ -90,11 +78,11 @@ class StandardizationLossMethod(Method):
             offset is BN's learned shift.
     """
 
-    name = "std_loss"
     kind = "loss"
     paper = "Collins, Ballé & Shlens 2019, arXiv:1903.00925"
     batch_dependent = False
     inference = "none (loss dropped)"
+    option_attributes = {"bias": "conv_bias"}
 
     def __init__(self, weight: float = 1.0, eps: float = 1e-5, stats: str = "replica",
                  logits: bool = False, bias: bool = True) -> None:
@@ -115,7 +103,3 @@ class StandardizationLossMethod(Method):
             layers = [n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
         return StandardizationLoss(model, weight=self.weight, layers=layers, eps=self.eps,
                                    stats=self.stats)
-
-    def options(self) -> dict[str, object]:
-        return {"weight": self.weight, "eps": self.eps, "stats": self.stats,
-                "logits": self.logits, "bias": self.conv_bias}

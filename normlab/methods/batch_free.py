@@ -28,7 +28,7 @@ from torch import nn
 from ..functional.proxy_norm import DEFAULT_NUM_NODES
 from ..layers.base import with_spatial_dims
 from ..layers.frn import FilterResponseNorm
-from ..layers.group_norms import GroupNorm, InstanceNorm, LayerNorm, default_num_groups
+from ..layers.group_norms import GroupNorm, GroupNorm1, InstanceNorm, default_num_groups
 from ..layers.ic_layer import ICLayer
 from ..layers.proxy_norm import ProxyNormActivation
 from . import METHODS
@@ -51,12 +51,11 @@ class GroupNormMethod(Method):
         eps: added to the variance.
     """
 
-    name = "group_norm"
     kind = "layer"
     paper = "Wu & He 2018, arXiv:1803.08494"
     batch_dependent = False
     inference = PER_SAMPLE
-    conv_bias = False  # the group mean absorbs a per-channel bias; beta replaces it
+    conv_bias = False  # as in GN ResNets; GN absorbs only a bias shared within each group
 
     def __init__(self, num_groups: int | None = None, eps: float = 1e-5) -> None:
         self.num_groups = num_groups
@@ -65,9 +64,6 @@ class GroupNormMethod(Method):
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
         groups = self.num_groups or default_num_groups(num_features, spatial_dims)
         return with_spatial_dims(GroupNorm(num_features, groups, eps=self.eps), spatial_dims)
-
-    def options(self) -> dict[str, object]:
-        return {"num_groups": self.num_groups, "eps": self.eps}
 
 
 class _EpsOnlyNormMethod(Method):
@@ -81,9 +77,6 @@ class _EpsOnlyNormMethod(Method):
     def __init__(self, eps: float = 1e-5) -> None:
         self.eps = eps
 
-    def options(self) -> dict[str, object]:
-        return {"eps": self.eps}
-
 
 @METHODS.register("layer_norm")
 class LayerNormMethod(_EpsOnlyNormMethod):
@@ -93,11 +86,10 @@ class LayerNormMethod(_EpsOnlyNormMethod):
         eps: added to the variance.
     """
 
-    name = "layer_norm"
     paper = "Ba, Kiros & Hinton 2016, arXiv:1607.06450"
 
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
-        return with_spatial_dims(LayerNorm(num_features, eps=self.eps), spatial_dims)
+        return with_spatial_dims(GroupNorm1(num_features, eps=self.eps), spatial_dims)
 
 
 @METHODS.register("instance_norm")
@@ -113,11 +105,10 @@ class InstanceNormMethod(_EpsOnlyNormMethod):
         eps: added to the variance.
     """
 
-    name = "instance_norm"
     paper = "Ulyanov, Vedaldi & Lempitsky 2016, arXiv:1607.08022"
 
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
-        layer = LayerNorm if spatial_dims == 0 else InstanceNorm
+        layer = GroupNorm1 if spatial_dims == 0 else InstanceNorm
         return with_spatial_dims(layer(num_features, eps=self.eps), spatial_dims)
 
 
@@ -134,7 +125,6 @@ class FRNMethod(Method):
             only for ``(N, C)`` features, as the paper advises for 1x1 activation maps.
     """
 
-    name = "frn"
     kind = "layer"
     paper = "Singh & Krishnan 2020, arXiv:1911.09737"
     batch_dependent = False
@@ -154,9 +144,6 @@ class FRNMethod(Method):
         # TLU is FRN's nonlinearity: the model's activation is replaced, not appended.
         return self.norm(num_features, spatial_dims)
 
-    def options(self) -> dict[str, object]:
-        return {"eps": self.eps, "learnable_eps": self.learnable_eps}
-
 
 @METHODS.register("proxy_norm")
 class ProxyNormMethod(Method):
@@ -170,7 +157,6 @@ class ProxyNormMethod(Method):
         num_nodes: quadrature nodes for the proxy moments.
     """
 
-    name = "proxy_norm"
     kind = "layer"
     paper = "Labatie, Masters, Eaton-Rosen & Luschi 2021, arXiv:2106.03743"
     batch_dependent = False
@@ -189,7 +175,7 @@ class ProxyNormMethod(Method):
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
         """The batch-independent normalization in front of the proxy-normalized activation."""
         if self.base_norm == "layer":
-            layer = LayerNorm(num_features, eps=self.eps, affine=False)
+            layer = GroupNorm1(num_features, eps=self.eps, affine=False)
         else:
             groups = self.num_groups or default_num_groups(num_features, spatial_dims)
             layer = GroupNorm(num_features, groups, eps=self.eps, affine=False)
@@ -202,10 +188,6 @@ class ProxyNormMethod(Method):
                                                   num_nodes=self.num_nodes), spatial_dims),
         )
 
-    def options(self) -> dict[str, object]:
-        return {"base_norm": self.base_norm, "num_groups": self.num_groups, "eps": self.eps,
-                "num_nodes": self.num_nodes}
-
 
 @METHODS.register("ic_layer")
 class ICLayerMethod(Method):
@@ -216,7 +198,6 @@ class ICLayerMethod(Method):
         eps, momentum: of the BatchNorm.
     """
 
-    name = "ic_layer"
     kind = "layer"
     paper = "Chen et al. 2019, arXiv:1905.05928"
     batch_dependent = True
@@ -235,6 +216,3 @@ class ICLayerMethod(Method):
 
     def block(self, num_features: int, spatial_dims: int, activation: nn.Module) -> nn.Module:
         return nn.Sequential(activation, self.norm(num_features, spatial_dims))
-
-    def options(self) -> dict[str, object]:
-        return {"p": self.p, "eps": self.eps, "momentum": self.momentum}

@@ -15,20 +15,22 @@ their bias (``conv_bias = False``).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import nn
 
-from ..layers.base import with_spatial_dims
+from ..layers.base import NormLayer, with_spatial_dims
 from ..layers.decorrelated_bn import DecorrelatedBatchNorm
 from ..layers.kalman_norm import KalmanNorm
 from ..layers.mixture_norm import MixtureNorm
 from . import METHODS
-from .base import Method
+from .base import BatchStatsMethod, Method
 
 __all__ = ["KalmanNormMethod", "MixtureNormMethod", "DecorrelatedBatchNormMethod"]
 
 
 @METHODS.register("kalman_norm")
-class KalmanNormMethod(Method):
+class KalmanNormMethod(BatchStatsMethod):
     """Batch Kalman Normalization: each layer fuses its batch statistics with a prediction
     from the previous normalization layer's statistics.
 
@@ -45,12 +47,8 @@ class KalmanNormMethod(Method):
         momentum, eps: as in ``torch.nn.BatchNorm2d``.
     """
 
-    name = "kalman_norm"
-    kind = "layer"
+    # Folds like BN: each layer's eval map uses its running statistics alone (no fusion).
     paper = "Wang, Peng, Luo, Wang & Lin 2018, arXiv:1802.03133"
-    batch_dependent = True
-    inference = "folded into the weights"
-    conv_bias = False
 
     def __init__(self, gain: float = 0.9, momentum: float = 0.1, eps: float = 1e-5) -> None:
         if not 0.0 <= gain <= 1.0:
@@ -85,21 +83,24 @@ class KalmanNormMethod(Method):
                 )
         return model
 
-    def for_inference(self, model: nn.Module) -> nn.Module:
-        """A folded copy in eval mode: the eval map of each layer is per-channel affine
-        (running statistics, no fusion), folded into the weight layer before it
-        (:func:`normlab.surgery.fold_batch_norm`), so deployment costs what the bare
-        network costs."""
-        from ..surgery.fold import fold_batch_norm  # surgery imports this package
 
-        return fold_batch_norm(model).model
+class _LayerOfOptionsMethod(Method):
+    """Shared body of the methods below: ``layer_class(num_features, **self.options())``
+    before each nonlinearity (the method's options are the layer's keyword arguments)."""
 
-    def options(self) -> dict[str, object]:
-        return {"gain": self.gain, "momentum": self.momentum, "eps": self.eps}
+    kind = "layer"
+    batch_dependent = True
+    inference = "layer"
+    conv_bias = False
+    layer_class: ClassVar[type[NormLayer]]
+
+    def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
+        return with_spatial_dims(self.layer_class(num_features, **self.options()),
+                                 spatial_dims)
 
 
 @METHODS.register("mixture_norm")
-class MixtureNormMethod(Method):
+class MixtureNormMethod(_LayerOfOptionsMethod):
     """Mixture Normalization: per-channel Gaussian-mixture batch normalization.
 
     Args:
@@ -108,12 +109,8 @@ class MixtureNormMethod(Method):
         momentum, eps: of the running component parameters / added to each variance.
     """
 
-    name = "mixture_norm"
-    kind = "layer"
     paper = "Kalayeh & Shah 2019, arXiv:1806.02892"
-    batch_dependent = True
-    inference = "layer"
-    conv_bias = False
+    layer_class = MixtureNorm
 
     def __init__(self, components: int = 2, em_iterations: int = 3, momentum: float = 0.1,
                  eps: float = 1e-5) -> None:
@@ -121,22 +118,11 @@ class MixtureNormMethod(Method):
         self.em_iterations = em_iterations
         self.momentum = momentum
         self.eps = eps
-        MixtureNorm(1, eps=eps, momentum=momentum, components=components,
-                    em_iterations=em_iterations)  # validates the options now, not at build
-
-    def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
-        return with_spatial_dims(
-            MixtureNorm(num_features, eps=self.eps, momentum=self.momentum,
-                        components=self.components, em_iterations=self.em_iterations),
-            spatial_dims)
-
-    def options(self) -> dict[str, object]:
-        return {"components": self.components, "em_iterations": self.em_iterations,
-                "momentum": self.momentum, "eps": self.eps}
+        self.norm(1, 0)  # validates the options now, not at build
 
 
 @METHODS.register("decorrelated_batch_norm")
-class DecorrelatedBatchNormMethod(Method):
+class DecorrelatedBatchNormMethod(_LayerOfOptionsMethod):
     """Decorrelated Batch Normalization: group-wise ZCA whitening, then scale and shift.
 
     Args:
@@ -147,12 +133,8 @@ class DecorrelatedBatchNormMethod(Method):
             diagonal.
     """
 
-    name = "decorrelated_batch_norm"
-    kind = "layer"
     paper = "Huang, Yang, Lang & Deng 2018, arXiv:1804.08450"
-    batch_dependent = True
-    inference = "layer"
-    conv_bias = False
+    layer_class = DecorrelatedBatchNorm
 
     def __init__(self, group_size: int = 16, iterations: int = 10, momentum: float = 0.1,
                  eps: float = 1e-5) -> None:
@@ -160,15 +142,4 @@ class DecorrelatedBatchNormMethod(Method):
         self.iterations = iterations
         self.momentum = momentum
         self.eps = eps
-        DecorrelatedBatchNorm(1, eps=eps, momentum=momentum, group_size=group_size,
-                              iterations=iterations)  # validates the options now
-
-    def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
-        return with_spatial_dims(
-            DecorrelatedBatchNorm(num_features, eps=self.eps, momentum=self.momentum,
-                                  group_size=self.group_size, iterations=self.iterations),
-            spatial_dims)
-
-    def options(self) -> dict[str, object]:
-        return {"group_size": self.group_size, "iterations": self.iterations,
-                "momentum": self.momentum, "eps": self.eps}
+        self.norm(1, 0)  # validates the options now, not at build

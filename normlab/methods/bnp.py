@@ -13,6 +13,7 @@ from __future__ import annotations
 from torch import nn
 from torch.optim import Optimizer
 
+from ..checks import check_eps, check_momentum
 from ..optim.bnp import BNP
 from . import METHODS
 from .base import Method
@@ -29,7 +30,6 @@ class BNPMethod(Method):
         skip_last: do not precondition the last weight layer (the classifier).
     """
 
-    name = "bnp"
     kind = "gradient"
     paper = "Lange, Helfrich & Ye 2022, JMLR 23(72), arXiv:2108.01110"
     batch_dependent = False
@@ -38,10 +38,8 @@ class BNPMethod(Method):
 
     def __init__(self, momentum: float = 0.01, eps: float = 1e-3, skip_first: bool = False,
                  skip_last: bool = False) -> None:
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        if not eps >= 0.0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
+        check_momentum(momentum)
+        check_eps(eps, zero_ok=True)
         self.momentum = momentum
         self.eps = eps
         self.skip_first = skip_first
@@ -50,7 +48,3 @@ class BNPMethod(Method):
     def wrap_optimizer(self, optimizer: Optimizer, model: nn.Module) -> BNP:
         return BNP(optimizer, model, momentum=self.momentum, eps=self.eps,
                    skip_first=self.skip_first, skip_last=self.skip_last)
-
-    def options(self) -> dict[str, object]:
-        return {"momentum": self.momentum, "eps": self.eps, "skip_first": self.skip_first,
-                "skip_last": self.skip_last}

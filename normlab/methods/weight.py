@@ -55,7 +55,6 @@ class WeightNormMethod(_WeightParamMethod):
         eps: lower bound on ``||v||`` (0: the paper's form).
     """
 
-    name = "weight_norm"
     paper = "Salimans & Kingma 2016, arXiv:1602.07868"
 
     def __init__(self, eps: float = 0.0) -> None:
@@ -68,9 +67,6 @@ class WeightNormMethod(_WeightParamMethod):
             apply_weight_norm(layer, self.eps)
         return model
 
-    def options(self) -> dict[str, object]:
-        return {"eps": self.eps}
-
 
 @METHODS.register("bounded_weight_norm")
 class BoundedWeightNormMethod(_WeightParamMethod):
@@ -81,8 +77,8 @@ class BoundedWeightNormMethod(_WeightParamMethod):
         norm: ``"l2"`` or ``"linf"``.
     """
 
-    name = "bounded_weight_norm"
     paper = "Hoffer, Banner, Golan & Soudry 2018, arXiv:1803.01814"
+    option_attributes = {"norm": "norm_kind"}
 
     def __init__(self, norm: str = "l2") -> None:
         if norm not in ("l2", "linf"):
@@ -95,21 +91,13 @@ class BoundedWeightNormMethod(_WeightParamMethod):
             apply_bounded_weight_norm(layer, self.norm_kind)
         return model
 
-    def options(self) -> dict[str, object]:
-        return {"norm": self.norm_kind}
-
 
 @METHODS.register("bounded_weight_norm_linf")
 class BoundedWeightNormLinfMethod(BoundedWeightNormMethod):
     """Bounded weight normalization with the L-inf norm (the paper's low-precision variant)."""
 
-    name = "bounded_weight_norm_linf"
-
     def __init__(self) -> None:
         super().__init__(norm="linf")
-
-    def options(self) -> dict[str, object]:
-        return {}
 
 
 @METHODS.register("scaled_weight_standardization")
@@ -124,7 +112,6 @@ class ScaledWeightStandardizationMethod(_WeightParamMethod):
         agc_eps: AGC's lower bound on each unit's weight norm (the paper's 1e-3).
     """
 
-    name = "scaled_weight_standardization"
     paper = "Brock, De & Smith 2021, arXiv:2101.08692; Brock, De, Smith & Simonyan 2021, arXiv:2102.06171"
 
     def __init__(self, eps: float = 1e-4, gain_init: float = 1.0,
@@ -148,10 +135,6 @@ class ScaledWeightStandardizationMethod(_WeightParamMethod):
             return optimizer
         return AGC(optimizer, model, clipping=self.clipping, eps=self.agc_eps)
 
-    def options(self) -> dict[str, object]:
-        return {"eps": self.eps, "gain_init": self.gain_init, "clipping": self.clipping,
-                "agc_eps": self.agc_eps}
-
 
 @METHODS.register("agc")
 class AGCMethod(Method):
@@ -162,7 +145,6 @@ class AGCMethod(Method):
         eps: lower bound on each unit's weight norm (the paper's 1e-3).
     """
 
-    name = "agc"
     kind = "gradient"
     paper = "Brock, De, Smith & Simonyan 2021, arXiv:2102.06171"
     inference = "none"
@@ -177,6 +159,3 @@ class AGCMethod(Method):
 
     def wrap_optimizer(self, optimizer: Optimizer, model: nn.Module) -> Optimizer:
         return AGC(optimizer, model, clipping=self.clipping, eps=self.eps)
-
-    def options(self) -> dict[str, object]:
-        return {"clipping": self.clipping, "eps": self.eps}

@@ -20,18 +20,18 @@ batches of ~100, so :data:`DEFAULT_CLIPPING` is 0.1 (a choice, not tuned on thes
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ..nn_types import WEIGHT_LAYERS
 from .wrapper import OptimizerWrapper
 
 __all__ = ["AGC", "adaptive_grad_clip_", "clipped_parameters", "unitwise_norm", "DEFAULT_CLIPPING"]
 
 DEFAULT_CLIPPING = 0.1
-_WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def unitwise_norm(x: Tensor) -> Tensor:
@@ -75,7 +75,7 @@ def adaptive_grad_clip_(params: Iterable[Tensor] | Tensor, clipping: float = DEF
 
 
 def _last_weight_layer(model: nn.Module) -> str | None:
-    names = [n for n, m in model.named_modules() if isinstance(m, _WEIGHT_LAYERS)]
+    names = [n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
     return names[-1] if names else None
 
 
@@ -104,10 +104,13 @@ def clipped_parameters(model: nn.Module, exclude: Sequence[str] | None = None) -
 class AGC(OptimizerWrapper):
     """Wraps any optimizer: clips gradients unit-wise (AGC), then runs the inner ``step``.
 
+    ``step(closure=None)`` runs the wrapper's step pre-hooks, the closure, :meth:`clip_`, the
+    inner ``step()`` and the post-hooks (see :class:`~normlab.optim.wrapper.OptimizerWrapper`).
     The wrapper shares ``param_groups``, ``state`` and ``defaults`` with the inner optimizer and
-    forwards ``zero_grad``, ``state_dict`` and ``load_state_dict``, so LR schedulers,
-    checkpoints and other wrappers (e.g. BN preconditioning) see the inner optimizer. It is a
-    ``torch.optim.Optimizer`` for ``isinstance`` checks but keeps no state of its own.
+    forwards ``zero_grad``, ``add_param_group``, ``state_dict`` and ``load_state_dict``, so LR
+    schedulers, checkpoints and other wrappers (e.g. BN preconditioning) see the inner
+    optimizer. It is a ``torch.optim.Optimizer`` for ``isinstance`` checks but keeps no state of
+    its own. :meth:`remove` stops the clipping (``step`` is then the inner optimizer's).
 
     Args:
         optimizer: the inner optimizer (anything with ``step``, ``zero_grad``,
@@ -121,6 +124,7 @@ class AGC(OptimizerWrapper):
     Example:
         >>> opt = AGC(torch.optim.SGD(model.parameters(), lr=0.1), model, clipping=0.1)
         >>> loss.backward(); opt.step(); opt.zero_grad()
+        >>> opt.remove()  # from here on, plain SGD
     """
 
     def __init__(self, optimizer: Optimizer, model_or_params: nn.Module | Iterable[Tensor],
@@ -151,32 +155,14 @@ class AGC(OptimizerWrapper):
         """Clip the gradients of the wrapped parameters in place (what ``step`` does first)."""
         adaptive_grad_clip_(self.params, self.clipping, self.eps)
 
-    def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
-        """Clip, then step the inner optimizer.
-
-        A ``closure`` is evaluated once (with grad enabled) before clipping; optimizers that
-        re-evaluate the closure (LBFGS) would see unclipped gradients and are not supported.
-        """
-        loss = self._closure_loss(closure)
-        for hook in list(self._optimizer_step_pre_hooks.values()):
-            hook(self, (), {})
+    def _transform_grads(self) -> None:
         self.clip_()
-        self.optimizer.step()
-        for hook in list(self._optimizer_step_post_hooks.values()):
-            hook(self, (), {})
-        return loss
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:  # type: ignore[override]
         """Add a group to the inner optimizer; its parameters are clipped too."""
         super().add_param_group(param_group)
         # Read back the inner group: torch has already turned a generator into a list.
         self.params.extend(self.optimizer.param_groups[-1]["params"])
-
-    def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
 
     def __repr__(self) -> str:
         return (f"AGC(clipping={self.clipping}, eps={self.eps}, params={len(self.params)},\n"

@@ -56,7 +56,7 @@ Choices (the paper's full text could not be read from here; these are ours, all 
 Example:
     >>> opt = BNP(torch.optim.SGD(model.parameters(), lr=0.1), model, momentum=0.01)
     >>> loss_fn(model(x), y).backward(); opt.step(); opt.zero_grad()
-    >>> opt.remove()  # detach the hooks when training is done
+    >>> opt.remove()  # training done: plain SGD again, statistics hooks detached
 """
 
 from __future__ import annotations
@@ -67,11 +67,11 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from ..checks import check_eps, check_momentum
+from ..nn_types import WEIGHT_LAYERS as BNP_LAYERS
 from .wrapper import OptimizerWrapper
 
 __all__ = ["BNP", "BNP_LAYERS", "bnp_precondition", "input_moments", "update_running_moments_"]
-
-BNP_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def input_moments(x: Tensor, channel_dim: int) -> tuple[Tensor, Tensor]:
@@ -165,10 +165,14 @@ class _LayerStats:
 class BNP(OptimizerWrapper):
     """Wraps any torch optimizer with Batch Normalization Preconditioning of its gradients.
 
-    ``step()`` replaces the ``.grad`` of every hooked layer's weight and bias in place by the
-    BNP-preconditioned gradient (see the module docstring), then calls the inner optimizer's
-    ``step()``. ``param_groups``, ``state`` and ``defaults`` read through to the inner
-    optimizer's own objects (also after ``load_state_dict``), so LR schedulers work unchanged.
+    ``step(closure=None)`` runs the wrapper's step pre-hooks and the closure, replaces the
+    ``.grad`` of every hooked layer's weight and bias in place by the BNP-preconditioned
+    gradient (:meth:`precondition`, see the module docstring), then calls the inner
+    optimizer's ``step()`` and the post-hooks. ``param_groups``, ``state`` and ``defaults`` read
+    through to the inner optimizer's own objects (also after ``load_state_dict``), so LR
+    schedulers work unchanged; ``state_dict()`` is the inner one plus ``"bnp"`` (every layer's
+    running statistics), which ``load_state_dict`` requires. :meth:`remove` stops the
+    preconditioning and detaches the statistics hooks (the statistics are kept).
 
     Args:
         optimizer: the base optimizer (already holding the model's parameters).
@@ -192,12 +196,9 @@ class BNP(OptimizerWrapper):
                             f"{type(optimizer).__name__}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        if not eps >= 0.0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
+        check_momentum(momentum)
+        check_eps(eps, zero_ok=True)
         super().__init__(optimizer)
-        self._patch_step_function()
         self.momentum = float(momentum)
         self.eps = float(eps)
         self.skip_first = skip_first
@@ -275,25 +276,17 @@ class BNP(OptimizerWrapper):
             if new_b is not None:
                 grad_bias.copy_(new_b)
 
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """Precondition the gradients, then take the inner optimizer's step.
-
-        A closure is evaluated once, before preconditioning; optimizers that re-evaluate it
-        inside their step (LBFGS) would see raw gradients and are not supported.
-        """
-        loss = self._closure_loss(closure)
+    def _transform_grads(self) -> None:
         self.precondition()
-        self.optimizer.step()
-        return loss
 
-    def state_dict(self) -> dict[str, Any]:
+    def _save_state(self) -> dict[str, Any]:
         """The inner optimizer's state dict plus ``"bnp"``: every layer's running statistics."""
         sd = self.optimizer.state_dict()
         sd["bnp"] = {name: {"mean": s.mean.clone(), "var": s.var.clone(), "count": s.count}
                      for name, s in self.stats.items()}
         return sd
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def _load_state(self, state_dict: dict[str, Any]) -> None:
         """Restore the inner optimizer and the running statistics (layers must match by name)."""
         sd = dict(state_dict)
         if "bnp" not in sd:
@@ -315,21 +308,10 @@ class BNP(OptimizerWrapper):
             stats.var.copy_(entry["var"])
             stats.count = int(entry["count"])
 
-    @property
-    def attached(self) -> bool:
-        return bool(self._handles)
-
-    def remove(self) -> None:
-        """Detach the statistics hooks (the statistics are kept). Safe to call twice."""
+    def _detach(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-
-    def __enter__(self) -> "BNP":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
 
     def __repr__(self) -> str:
         names = [n for n, _ in self.layers]

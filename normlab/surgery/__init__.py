@@ -13,6 +13,8 @@ reaches the same inference cost by folding (Ioffe & Szegedy 2015, arXiv:1502.031
   carried (FRN+TLU -> ReLU, Proxy Norm -> its activation).
 - :func:`fold_batch_norm` — eval-affine norms folded into the preceding Conv/Linear.
 - :func:`fold_weights` — the folding math, a pure function.
+- :func:`deploy_model` — a trained model's deployment form: the method's ``for_inference``,
+  then :func:`fold_batch_norm` for a method that declares ``folds``.
 
 All converters deep-copy the model unless ``inplace=True``.
 
@@ -21,16 +23,19 @@ Example:
     >>> bare = remove_norm(model)
     >>> affine = replace_norm(model, "batch_norm_affine")
     >>> deployed = fold_batch_norm(model).model
+    >>> same = deploy_model(model, create_method("batch_norm"))
 """
 
-from .detect import NORM_TYPES, WEIGHT_TYPES, is_norm_layer, norm_features, norm_spatial_dims
+from ..nn_types import WEIGHT_LAYERS
+from .detect import NORM_TYPES, is_norm_layer, norm_features, norm_spatial_dims
+from .deploy import deploy_model
 from .fold import FoldResult, eval_affine, fold_batch_norm, fold_weights
 from .pairs import Pair, find_pairs
 from .replace import Replaced, convert_norm_layers, remove_norm, replace_norm
 
 __all__ = [
-    "NORM_TYPES", "WEIGHT_TYPES", "is_norm_layer", "norm_features", "norm_spatial_dims",
-    "FoldResult", "eval_affine", "fold_batch_norm", "fold_weights",
+    "NORM_TYPES", "WEIGHT_LAYERS", "is_norm_layer", "norm_features", "norm_spatial_dims",
+    "FoldResult", "eval_affine", "fold_batch_norm", "fold_weights", "deploy_model",
     "Pair", "find_pairs",
     "Replaced", "convert_norm_layers", "remove_norm", "replace_norm",
 ]

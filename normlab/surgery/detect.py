@@ -38,16 +38,13 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..layers.base import NormLayer
 
-__all__ = ["NORM_TYPES", "WEIGHT_TYPES", "is_norm_layer", "norm_features", "norm_spatial_dims"]
+__all__ = ["NORM_TYPES", "is_norm_layer", "norm_features", "norm_spatial_dims"]
 
 #: torch's normalization layers (the first entry covers BatchNorm1d/2d/3d, SyncBatchNorm and
 #: the lazy variants; the second InstanceNorm1d/2d/3d).
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     _BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm, NormLayer,
 )
-
-#: weight layers that BN can be folded into: output channels along dim 0 of the weight.
-WEIGHT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 _SPATIAL_BY_CLASS: dict[type[nn.Module], int] = {
     nn.BatchNorm1d: 0, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3,

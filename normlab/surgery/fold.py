@@ -24,9 +24,10 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.utils import parametrize
 
 from ..layers.base import NormLayer
+from ..nn_types import WEIGHT_LAYERS
 from .detect import is_norm_layer
 from .pairs import find_pairs
-from .replace import _working_copy
+from .replace import working_copy
 
 __all__ = ["FoldResult", "fold_weights", "eval_affine", "fold_batch_norm"]
 
@@ -110,7 +111,7 @@ def _blocker(module: nn.Module) -> str | None:
     """Why ``module``'s weights cannot be rewritten in place, if they cannot."""
     if parametrize.is_parametrized(module):
         return "its weight is parametrized (computed from other tensors)"
-    if type(module) not in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear):
+    if type(module) not in WEIGHT_LAYERS:
         return f"{type(module).__name__} may transform its weight in forward"
     if module._forward_hooks or module._forward_pre_hooks:
         return "it has forward hooks that folding would change the view of"
@@ -151,7 +152,7 @@ def fold_batch_norm(model: nn.Module, inplace: bool = False) -> FoldResult:
     Raises:
         TypeError: ``model`` is not a module.
     """
-    model = _working_copy(model, inplace)
+    model = working_copy(model, inplace)
     norms = {}  # id -> (first name, module); named_modules() skips repeats of shared modules
     for name, module in model.named_modules():
         if is_norm_layer(module):

@@ -24,7 +24,8 @@ from typing import NamedTuple
 import torch.fx as fx
 from torch import nn
 
-from .detect import WEIGHT_TYPES, is_norm_layer
+from ..nn_types import WEIGHT_LAYERS
+from .detect import is_norm_layer
 
 __all__ = ["Pair", "find_pairs"]
 
@@ -42,7 +43,7 @@ class _LeafTracer(fx.Tracer):
     """Keeps norm layers (normlab's included) and weight layers as opaque call sites."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (is_norm_layer(m) or isinstance(m, WEIGHT_TYPES)
+        return (is_norm_layer(m) or isinstance(m, WEIGHT_LAYERS)
                 or super().is_leaf_module(m, module_qualified_name))
 
 
@@ -62,7 +63,7 @@ def _traced_pairs(module: nn.Module, prefix: str) -> list[Pair]:
         if not is_norm_layer(norm) or not isinstance(prev, fx.Node) or prev.op != "call_module":
             continue
         weight = module.get_submodule(prev.target)
-        if (isinstance(weight, WEIGHT_TYPES) and len(prev.users) == 1
+        if (isinstance(weight, WEIGHT_LAYERS) and len(prev.users) == 1
                 and calls[prev.target] == 1 and calls[node.target] == 1):
             pairs.append(Pair(_join(prefix, prev.target), weight, _join(prefix, node.target), norm))
     return pairs
@@ -86,7 +87,7 @@ def _sequential_pairs(seq: nn.Sequential, prefix: str) -> list[Pair]:
     for (a_name, a), (b_name, b) in zip(children, children[1:]):
         w_name, weight = _end(a_name, a, last=True)
         n_name, norm = _end(b_name, b, last=False)
-        if isinstance(weight, WEIGHT_TYPES) and is_norm_layer(norm):
+        if isinstance(weight, WEIGHT_LAYERS) and is_norm_layer(norm):
             pairs.append(Pair(w_name, weight, n_name, norm))
     return pairs
 
@@ -100,6 +101,6 @@ def find_pairs(model: nn.Module, prefix: str = "") -> list[Pair]:
         pass
     pairs = _sequential_pairs(model, prefix) if _plain_sequential(model) else []
     for name, child in model.named_children():
-        if not (is_norm_layer(child) or isinstance(child, WEIGHT_TYPES)):
+        if not (is_norm_layer(child) or isinstance(child, WEIGHT_LAYERS)):
             pairs += find_pairs(child, _join(prefix, name))
     return pairs

@@ -41,7 +41,7 @@ from ..layers.base import NormLayer
 from ..methods import Method, MethodSpec, create_method
 from .detect import SpatialDims, is_norm_layer, norm_features, norm_spatial_dims
 
-__all__ = ["Replaced", "replace_norm", "remove_norm", "convert_norm_layers"]
+__all__ = ["Replaced", "replace_norm", "remove_norm", "convert_norm_layers", "working_copy"]
 
 
 class Replaced(NamedTuple):
@@ -62,7 +62,7 @@ def _check_module(model: object) -> None:
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
 
 
-def _working_copy(model: nn.Module, inplace: bool) -> nn.Module:
+def working_copy(model: nn.Module, inplace: bool) -> nn.Module:
     """What a converter changes: ``model`` itself when ``inplace``, else a deep copy (after
     checking that ``model`` is a module)."""
     _check_module(model)
@@ -200,7 +200,7 @@ def replace_norm(
         report.append(Replaced(name, type(layer).__name__, label, carried))
         return new
 
-    root = convert_norm_layers(_working_copy(model, inplace), convert)
+    root = convert_norm_layers(working_copy(model, inplace), convert)
     return (root, report) if return_report else root
 
 
@@ -216,4 +216,4 @@ def remove_norm(model: nn.Module, inplace: bool = False) -> nn.Module:
     Raises:
         TypeError: ``model`` is not a module.
     """
-    return convert_norm_layers(_working_copy(model, inplace), lambda name, layer: _kept(layer))
+    return convert_norm_layers(working_copy(model, inplace), lambda name, layer: _kept(layer))

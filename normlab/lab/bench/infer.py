@@ -5,11 +5,11 @@ loss deploys as the bare network, at no inference cost; batch normalization reac
 only once folded into the weights (Ioffe & Szegedy 2015, arXiv:1502.03167, section 3.1).
 
 Each method's model is deployed as a user deploys it: auxiliary hooks removed, then
-``method.for_inference(model.eval())``. A second column folds whatever eval-affine
-normalization the deployed model still holds (:func:`normlab.surgery.fold_batch_norm`), so a
-method whose ``for_inference`` does not fold shows both what it delivers and what folding
-would. Latency is timed under ``torch.inference_mode`` at each batch size, interleaved with
-the bare model (``none``).
+:func:`normlab.surgery.deploy_model` of ``model.eval()``. A second column folds whatever
+eval-affine normalization the deployed model still holds
+(:func:`normlab.surgery.fold_batch_norm`), so a method that does not declare ``folds`` shows
+both what it delivers and what folding would. Latency is timed under
+``torch.inference_mode`` at each batch size, interleaved with the bare model (``none``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ...methods import Method
-from ...surgery import fold_batch_norm, is_norm_layer
+from ...surgery import deploy_model, fold_batch_norm, is_norm_layer
 from .cases import BENCH_MODELS, build_bench_model
 from .timing import Clock, calibrate_inner, interleaved_times, ratio_summary
 
@@ -33,7 +33,7 @@ def deploy(method: Method, model: nn.Module) -> tuple[nn.Module, nn.Module, int]
     aux = method.auxiliary_loss(model)  # attach and remove as training would, then deploy
     if aux is not None:
         aux.remove()
-    deployed = method.for_inference(model.eval()).eval()
+    deployed = deploy_model(model.eval(), method).eval()
     if any(is_norm_layer(m) for m in deployed.modules()):
         result = fold_batch_norm(deployed)
         return deployed, result.model, len(result.folded)

@@ -6,7 +6,8 @@ input. This measures what that costs.
 
 How it is measured (CPU has no allocator statistics like ``torch.cuda.max_memory_allocated``):
 ``torch.profiler`` with ``profile_memory=True`` records every allocation and free made
-through PyTorch's CPU allocator with its size. Two training steps are profiled; a sentinel
+through PyTorch's CPU allocator with its size, read back from the profiler's public Chrome
+trace export (its ``[memory]`` events). Two training steps are profiled; a sentinel
 allocation of a unique size marks where the second begins. The peak is the largest running
 sum of sizes during the second step, above its start, plus the bytes live at its start:
 parameters, buffers, gradients and optimizer state (unique storages). Tensors allocated
@@ -16,11 +17,13 @@ deterministic for a given model and method, so one measurement suffices.
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
-from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
 from ...methods import Method
@@ -52,17 +55,19 @@ def state_bytes(setup: TrainSetup) -> int:
     return sum(seen.values())
 
 
-def _allocations(prof: profile) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
+_CPU = 0  # "Device Type" of a CPU event in the Chrome trace (c10::DeviceType::CPU)
 
-    def walk(node) -> None:
-        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-            out.append((node.start_time_ns, node.extra_fields.alloc_size))
-        for child in node.children:
-            walk(child)
 
-    for root in prof.profiler.kineto_results.experimental_event_tree():
-        walk(root)
+def _allocations(prof: profile) -> list[tuple[float, int, int]]:
+    """``(time_us, event_index, bytes)`` of every CPU allocation (bytes > 0) and free (< 0),
+    in time order, from the profiler's Chrome trace."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    out = [(e["ts"], e["args"].get("Ev Idx", 0), e["args"]["Bytes"]) for e in events
+           if e.get("name") == "[memory]" and e["args"].get("Device Type") == _CPU]
     return sorted(out)
 
 
@@ -83,11 +88,11 @@ def step_peak_bytes(step: Callable[[], object]) -> int:
         del mark
         step()
     events = _allocations(prof)
-    starts = [i for i, (_, size) in enumerate(events) if size == -_SENTINEL]
+    starts = [i for i, (_, _, size) in enumerate(events) if size == -_SENTINEL]
     if not starts:
         raise RuntimeError("the profiler recorded no CPU allocation events")
     running, peak = 0, 0
-    for _, size in events[starts[-1] + 1:]:
+    for _, _, size in events[starts[-1] + 1:]:
         running += size
         peak = max(peak, running)
     return peak

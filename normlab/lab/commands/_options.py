@@ -7,10 +7,10 @@ import ast
 import dataclasses
 from pathlib import Path
 
-from ...distributed import STATS, DistributedConfig, torchrun_world
+from ...distributed import BACKENDS, STATS, DistributedConfig, torchrun_world
 from ...methods import Method, create_method, method_accepts
 from ..config import TrainConfig
-from ..data import Dataset, load_dataset
+from ..datasets import Dataset, load_dataset
 
 __all__ = ["add_config_args", "config_from_args", "methods_from_args", "dataset_from_args",
            "distributed_from_args", "parse_key_values"]
@@ -51,7 +51,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="batch statistics of BN layers and std_loss: each rank's shard "
                         "(replica, the paper's) or the global batch (global: synchronized "
                         "norms, all-reduced std_loss moments) (default: %(default)s)")
-    d.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto",
+    d.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="torch.distributed backend; auto: nccl with CUDA, else gloo")
     d.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
                    help="a rank waiting longer than this for another fails the run "

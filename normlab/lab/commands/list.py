@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from ...methods import METHODS, create_method
-from ..data import DATASETS
+from ..datasets import DATASETS
 from ..models import MODELS
 
 

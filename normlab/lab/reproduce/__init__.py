@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from ..bench.allocator import tune_malloc
-from ..data import DATASETS, Dataset
+from ..datasets import DATASETS, Dataset
 from .experiments import EXPERIMENTS, get_experiment
 from .report import write_repro_report
 from .runners import RUNNERS, Outcome

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import Dataset
+from ..datasets import Dataset
 from ..metrics import mean_std
 from .analysis import pct, spread
 from .plots import plot_batch_size, plot_epoch_budget

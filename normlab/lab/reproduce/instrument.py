@@ -129,7 +129,8 @@ class Instrumented(Method):
                  percentiles: Sequence[float] = (15, 50, 85), unit: int | None = None,
                  lr_halve_every: int | None = None) -> None:
         self.inner = inner
-        for attr in ("name", "kind", "paper", "batch_dependent", "inference", "conv_bias"):
+        for attr in ("name", "kind", "paper", "batch_dependent", "inference", "conv_bias",
+                     "folds"):
             setattr(self, attr, getattr(inner, attr))
         self.record_every, self.percentiles, self.unit = record_every, percentiles, unit
         self.lr_halve_every = lr_halve_every

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from ..data import Dataset
+from ..datasets import Dataset
 from ..experiment import environment
-from ..report import _json_safe
+from ..report import json_safe
 from .runners import Outcome
 from .spec import ReproSpec
 
@@ -64,7 +64,7 @@ def write_repro_report(spec: ReproSpec, outcome: Outcome, data: Dataset, out: Pa
         "runs": [{k: [r.to_dict() for r in runs] for k, runs in exp.runs.items()}
                  | {"_config": exp.config.to_dict()} for exp in outcome.experiments],
     }
-    (out / "results.json").write_text(json.dumps(_json_safe(payload), indent=1, default=str))
+    (out / "results.json").write_text(json.dumps(json_safe(payload), indent=1, default=str))
     cfg = spec.config
     lines = [f"# {spec.name}: {spec.title}", ""]
     if quick:

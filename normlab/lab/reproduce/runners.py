@@ -17,7 +17,7 @@ import numpy as np
 
 from ...methods import create_method
 from ..config import TrainConfig
-from ..data import Dataset
+from ..datasets import Dataset
 from ..experiment import Experiment, run_experiment, summarize
 from ..plots import plot_accuracy, plot_losses
 from ..report import format_table

@@ -6,9 +6,8 @@
 - ``mlp``: the same paper's appendix A.2: three hidden layers of 100 units, ReLU.
 - ``mlp_sigmoid``: Ioffe & Szegedy 2015 (arXiv:1502.03167), section 4.1: 3x100 sigmoid MLP.
 
-A model asks its method only for the block after each weight layer (``method.block``) and
-whether weight layers keep their bias (``method.conv_bias``); the trainer applies the
-method's other hooks.
+Every weight layer is followed by ``method.block(...)`` and uses ``bias=method.conv_bias``
+(:mod:`.base`).
 """
 
 from __future__ import annotations
@@ -18,14 +17,10 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from ..methods import Method
-from ..registry import Registry
-from .init import initialize
+from ...methods import Method
+from .base import MODELS
 
-__all__ = ["MODELS", "build_model", "cnn", "mlp", "mlp_sigmoid"]
-
-ModelFactory = Callable[[Method, Sequence[int], int], nn.Module]
-MODELS: Registry[ModelFactory] = Registry("model")
+__all__ = ["cnn", "mlp", "mlp_sigmoid"]
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -73,12 +68,3 @@ def mlp_sigmoid(method: Method, in_shape: Sequence[int], num_classes: int,
                 hidden: Sequence[int] = (100, 100, 100)) -> nn.Module:
     """The BN paper's MNIST network: three hidden sigmoid layers of 100 units."""
     return _mlp(method, in_shape, num_classes, hidden, nn.Sigmoid)
-
-
-def build_model(name: str, method: Method, in_shape: Sequence[int], num_classes: int,
-                init: str = "torch") -> nn.Module:
-    """Build model ``name`` for ``method``, initialize it with ``init`` (see
-    :mod:`normlab.lab.init`), then apply the method's weight hook (``prepare``)."""
-    model = initialize(MODELS.get(name)(method, tuple(in_shape), num_classes), init)
-    return method.prepare(model)
-from . import models_more  # noqa: E402,F401

@@ -7,10 +7,10 @@ Benchmarking Machine Learning Algorithms", 2017, arXiv:1708.07747.
 A download goes to ``<dest>.part``, is checked against the MD5 its publishers list, and only
 then renamed into place; a file with the wrong digest is deleted and the next mirror tried.
 The MD5s are those of the official ``.gz`` files (the MNIST page and the Fashion-MNIST
-README). Files already on disk are not hashed (see ``normlab.lab.data``): the Debian package
-``dataset-fashion-mnist`` re-gzips the official files (same content, different gzip bytes:
-its train-images MD5 is ``cf8536b0...``, not the README's ``8d4fb7e6...``), so the published
-digests cannot check it; the strict IDX parser checks its structure instead.
+README). Files already on disk are not hashed (see :mod:`normlab.lab.datasets.mnist`): the
+Debian package ``dataset-fashion-mnist`` re-gzips the official files (same content, different
+gzip bytes: its train-images MD5 is ``cf8536b0...``, not the README's ``8d4fb7e6...``), so
+the published digests cannot check it; the strict IDX parser checks its structure instead.
 """
 
 from __future__ import annotations

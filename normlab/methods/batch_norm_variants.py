@@ -7,7 +7,7 @@
 - ``batch_renorm``: Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence in
   Batch-Normalized Models", 2017, arXiv:1702.03275.
 
-Each inserts its layer (:mod:`normlab.layers.batch_norms`) before every nonlinearity. The
+Each inserts its layer (:mod:`normlab.layers`) before every nonlinearity. The
 layers learn scale and shift by default, as in these papers; ``scale=False`` makes them
 shift-only like normlab's ``batch_norm``.
 """
@@ -16,18 +16,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..layers.batch_norms import BatchRenorm, L1BatchNorm, LinfBatchNorm, RangeBatchNorm
+from ..layers.batch_renormalization import BatchRenorm
+from ..layers.dispersion_batch_norm import L1BatchNorm, LinfBatchNorm, RangeBatchNorm
 from . import METHODS
-from .base import Method
+from .base import BatchStatsMethod
 
 
-class _BatchStatMethod(Method):
-    """Shared attributes and options of the methods in this file."""
-
-    kind = "layer"
-    batch_dependent = True
-    inference = "folded into the weights"
-    conv_bias = False
+class _BatchStatMethod(BatchStatsMethod):
+    """Shared options of the methods in this file."""
 
     def __init__(self, scale: bool = True, momentum: float = 0.1, eps: float = 1e-5) -> None:
         self.scale = scale
@@ -37,18 +33,6 @@ class _BatchStatMethod(Method):
     def _common(self, spatial_dims: int) -> dict[str, object]:
         return {"eps": self.eps, "momentum": self.momentum, "scale": self.scale,
                 "spatial_dims": spatial_dims}
-
-    def for_inference(self, model: nn.Module) -> nn.Module:
-        """A folded copy in eval mode: each layer's eval map is per-channel affine (running
-        statistics), folded into the weight layer before it
-        (:func:`normlab.surgery.fold_batch_norm`), so deployment costs what the bare
-        network costs."""
-        from ..surgery.fold import fold_batch_norm  # surgery imports this package
-
-        return fold_batch_norm(model).model
-
-    def options(self) -> dict[str, object]:
-        return {"scale": self.scale, "momentum": self.momentum, "eps": self.eps}
 
 
 @METHODS.register("l1_batch_norm")
@@ -60,7 +44,6 @@ class L1BatchNormMethod(_BatchStatMethod):
         momentum, eps: running-statistics rate; added to the dispersion.
     """
 
-    name = "l1_batch_norm"
     paper = "Hoffer, Banner, Golan & Soudry 2018, arXiv:1803.01814"
 
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
@@ -77,7 +60,6 @@ class LinfBatchNormMethod(_BatchStatMethod):
         correction: ``"exact"`` Gaussian constant (default) or the ``"paper"``'s asymptotic one.
     """
 
-    name = "linf_batch_norm"
     paper = "Hoffer, Banner, Golan & Soudry 2018, arXiv:1803.01814"
 
     def __init__(self, scale: bool = True, momentum: float = 0.1, eps: float = 1e-5,
@@ -90,9 +72,6 @@ class LinfBatchNormMethod(_BatchStatMethod):
         return LinfBatchNorm(num_features, k=self.k, correction=self.correction,
                              **self._common(spatial_dims))
 
-    def options(self) -> dict[str, object]:
-        return {**super().options(), "k": self.k, "correction": self.correction}
-
 
 @METHODS.register("range_batch_norm")
 class RangeBatchNormMethod(_BatchStatMethod):
@@ -104,7 +83,6 @@ class RangeBatchNormMethod(_BatchStatMethod):
             ``1 / sqrt(2 ln n)``.
     """
 
-    name = "range_batch_norm"
     paper = "Banner, Hubara, Hoffer & Soudry 2018, arXiv:1805.11046"
 
     def __init__(self, scale: bool = True, momentum: float = 0.1, eps: float = 1e-5,
@@ -115,9 +93,6 @@ class RangeBatchNormMethod(_BatchStatMethod):
     def norm(self, num_features: int, spatial_dims: int) -> nn.Module:
         return RangeBatchNorm(num_features, correction=self.correction,
                               **self._common(spatial_dims))
-
-    def options(self) -> dict[str, object]:
-        return {**super().options(), "correction": self.correction}
 
 
 @METHODS.register("batch_renorm")
@@ -132,7 +107,6 @@ class BatchRenormMethod(_BatchStatMethod):
             want e.g. ``warmup_start=500, rmax_steps=2000, dmax_steps=1500``).
     """
 
-    name = "batch_renorm"
     paper = "Ioffe 2017, arXiv:1702.03275"
 
     def __init__(self, scale: bool = True, momentum: float = 0.1, eps: float = 1e-5,
@@ -146,8 +120,3 @@ class BatchRenormMethod(_BatchStatMethod):
         return BatchRenorm(num_features, rmax=self.rmax, dmax=self.dmax,
                            warmup_start=self.warmup_start, rmax_steps=self.rmax_steps,
                            dmax_steps=self.dmax_steps, **self._common(spatial_dims))
-
-    def options(self) -> dict[str, object]:
-        return {**super().options(), "rmax": self.rmax, "dmax": self.dmax,
-                "warmup_start": self.warmup_start, "rmax_steps": self.rmax_steps,
-                "dmax_steps": self.dmax_steps}

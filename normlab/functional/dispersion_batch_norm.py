@@ -1,11 +1,9 @@
-"""Batch norms whose dispersion is not the standard deviation, and Batch Renormalization.
+"""Batch norms whose dispersion is not the standard deviation: L1, L-infinity and Range BN.
 
 - L1 and L-infinity (top-k) batch norm: Hoffer, Banner, Golan & Soudry, "Norm matters:
   efficient and accurate normalization schemes in deep networks", 2018, arXiv:1803.01814.
 - Range batch norm: Banner, Hubara, Hoffer & Soudry, "Scalable methods for 8-bit training of
   neural networks", 2018, arXiv:1805.11046.
-- Batch Renormalization: Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence
-  in Batch-Normalized Models", 2017, arXiv:1702.03275.
 
 Each dispersion batch norm computes, per channel ``c`` over the ``n`` elements of every other
 dimension, the mean ``mu_c`` and a dispersion ``s_c`` scaled to estimate the standard
@@ -14,13 +12,32 @@ deviation of Gaussian data, then ``y = (x - mu_c) / (s_c + eps) * gamma_c + beta
 - L1: ``s = sqrt(pi / 2) * mean |x - mu|`` (``E|X - mu| = sigma * sqrt(2 / pi)`` for a Gaussian).
 - L-inf: ``s = mean of the k largest |x - mu|`` divided by ``E_k(n)``, the expected mean of the
   ``k`` largest of ``n`` absolute standard normals.
-- Range: ``s = (max - min) of x`` divided by ``R(n)``, the expected range of ``n`` standard
-  normals.
+- Range: ``s = (max - min) of x`` divided by ``C(n)``, close to ``R(n)``, the expected range
+  of ``n`` standard normals.
 
-The constants (``correction="exact"``, the default) are the exact Gaussian expectations,
-computed once per ``(n, k)`` by quadrature over the order-statistic densities (float64,
-cached), so outputs have unit variance on Gaussian data at any ``n``. The papers' asymptotic
-constants (``correction="paper"``) do not: the range paper's ``C(n) = 1 / sqrt(2 ln n)`` times
+The constants (``correction="exact"``, the default) are computed once per ``(n, k)`` by
+quadrature (float64, cached):
+
+- Range: the output variance is exactly 1 on Gaussian data at every ``n >= 2``. The divisor
+  is ``C(n) = (n E[(x - xbar)^2 / W^2])^(-1/2)`` rather than ``E[W] = R(n)``: with ``R(n)`` the
+  dispersion is unbiased but the output variance is ``R(n)^2 E[v / W^2]`` (Jensen: 0.53
+  at n = 3, 0.84 at n = 8, 0.98 at n = 32, 1.02 at n = 400). ``E[v / W^2]`` follows from
+  the independence of the sample's direction ``(x - xbar) / |x - xbar|`` and its norm
+  (``|x - xbar|^2 ~ sigma^2 chi^2_(n-1)``): ``n E[v / W^2] = (n - 3) E[W^-2]`` for ``n >= 4``,
+  with ``E[W^-2]`` a double integral over the range density; ``n = 2, 3`` have closed forms
+  (``1/4`` and ``1 / (sqrt(3) pi)``). The running dispersion is updated with ``W / R(n)``,
+  an unbiased estimate of sigma, so inference (like BN's unbiased running variance) also
+  gives unit variance.
+- L1 and top-k: the population expectations ``E|Z| = sqrt(2 / pi)`` and ``E_k(n)`` (mean of
+  the ``k`` largest of ``n`` absolute standard normals, by quadrature over the order-statistic
+  densities). The output variance on Gaussian data is within 1.5% of 1 for ``n >= 32``
+  (measured: L1 0.990 at 32, 0.999 at 400; top-10 0.987, 1.004) and lower for small batches
+  of values per channel (L1 and top-k: 0.86 at n = 4, 0.95 at n = 8): the estimator's
+  finite-sample law (deviations from the sample mean, Jensen) has no closed form here.
+  ``tests/test_references_batch_stats.py`` measures all three over ``n``.
+
+The papers' asymptotic
+constants (``correction="paper"``) are far from unit variance: the range paper's ``C(n) = 1 / sqrt(2 ln n)`` times
 the range estimates ``2 sigma`` (``E[range] ~ 2 sigma sqrt(2 ln n)``), so the output variance
 is about 1/4 (and about 1/3 at ``n = 16384`` where the asymptote is 10% high); the L-inf
 constant ``0.5 (1 + sqrt(pi ln 4)) / sqrt(2 ln n)`` gives a top-10 dispersion of 1.28 sigma at
@@ -44,21 +61,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .dispersion_autograd import L1_CONSTANT, fused_dispersion_batch_norm
-from .standardization import _check_floating, reduction_dims
+from .dispersion_autograd import L1_CONSTANT, TOPK_PAPER_CONSTANT, fused_dispersion_batch_norm
+from .range_constant import gaussian_range_unit_variance
+from .standardization import check_floating, reduction_dims
 
 __all__ = [
-    "CORRECTIONS", "gaussian_topk_abs_mean", "gaussian_range",
+    "CORRECTIONS", "gaussian_topk_abs_mean", "gaussian_range", "gaussian_range_unit_variance",
+    "range_running_factor",
     "l1_moments", "linf_moments", "range_moments", "dispersion_normalize",
     "l1_batch_norm", "linf_batch_norm", "range_batch_norm",
-    "renorm_limits", "batch_renorm",
 ]
 
 CORRECTIONS = ("exact", "paper")
 
 # Quadrature grid step 2.5e-3 on [0, 12]: wide enough for n up to ~1e30, fine enough for the
-# order statistics' density near sqrt(2 ln n), whose width is ~1 / sqrt(2 ln n) (trapezoid
-# error < 1e-5 relative). numpy with math.erfc, not torch: a few thousand points, and torch's
+# order statistics' density near sqrt(2 ln n), whose width is ~1 / sqrt(2 ln n) (Simpson
+# error < 1e-9 relative). numpy with math.erfc, not torch: a few thousand points, and torch's
 # intra-op threads made these tiny calls take ~10 ms each on a busy machine.
 _GRID_MAX, _GRID_POINTS = 12.0, 4801
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz
@@ -73,9 +91,14 @@ def _half_grid() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _integrate_from_zero(x: np.ndarray, y: np.ndarray) -> float:
-    """Trapezoid integral of ``y(x)`` on ``[0, x[-1]]`` for integrands vanishing at 0."""
-    return float(_trapezoid(np.concatenate([[0.0], y], axis=-1),
-                            np.concatenate([[0.0], x])))
+    """Simpson integral of ``y(x)`` on ``[0, x[-1]]`` (uniform ``x``, an even number of
+    steps) for integrands vanishing at 0. Not the trapezoid rule: at ``x = 0`` the integrand
+    has a nonzero slope (the half-normal density is ``2 phi(0)`` there), which costs the
+    trapezoid rule ``h^2 / 12`` times that slope (5e-7 relative at ``k = n``)."""
+    h = x[1] - x[0]
+    coef = np.where(np.arange(1, y.shape[-1] + 1) % 2 == 1, 4.0, 2.0)
+    coef[-1] = 1.0
+    return float((y * coef).sum(axis=-1) * h / 3.0)
 
 
 @functools.lru_cache(maxsize=256)
@@ -84,7 +107,7 @@ def gaussian_topk_abs_mean(n: int, k: int) -> float:
 
     Averages the means of the top ``k`` order statistics of the half-normal distribution
     (CDF ``G = erf(x / sqrt 2)``, density ``g = 2 phi``); the ``j``-th largest (``j = 0..k-1``)
-    has density ``n! / ((n-j-1)! j!) G^(n-j-1) (1-G)^j g``, integrated by the trapezoid rule
+    has density ``n! / ((n-j-1)! j!) G^(n-j-1) (1-G)^j g``, integrated by Simpson's rule
     in log space. ``k = 1`` is ``E max |Z|``; ``k = n`` is ``E|Z| = sqrt(2 / pi)``.
     """
     if not 1 <= k <= n:
@@ -93,9 +116,11 @@ def gaussian_topk_abs_mean(n: int, k: int) -> float:
     log_g = np.log1p(-2.0 * tail)
     log_tail = np.log(2.0 * tail)
     log_pdf = math.log(2.0) - 0.5 * x * x - 0.5 * math.log(2.0 * math.pi)
-    total = 0.0
-    for j in range(k):
-        log_c = math.lgamma(n + 1) - math.lgamma(n - j) - math.lgamma(j + 1)
+    total, log_binom = 0.0, 0.0  # log C(n - 1, j), by recurrence: lgamma(n) differences
+    for j in range(k):               # lose digits for large n (1e-6 relative at n = 1e9)
+        if j:
+            log_binom += math.log(n - j) - math.log(j)
+        log_c = math.log(n) + log_binom
         density = np.exp(log_c + (n - j - 1) * log_g + j * log_tail + log_pdf)
         total += _integrate_from_zero(x, x * density)
     return total / k
@@ -108,14 +133,15 @@ def gaussian_range(n: int) -> float:
         raise ValueError(f"the range needs n >= 2 values, got n={n}")
     half, tail = _half_grid()
     x = np.concatenate([-half[::-1], [0.0], half])
-    cdf = np.concatenate([tail[::-1], [0.5], 1.0 - tail])
-    density = np.exp(math.log(n) + (n - 1) * np.log(cdf) - 0.5 * x * x
+    # log Phi: log1p(-tail) above 0, where 1 - tail would round away tails below 1e-16
+    log_cdf = np.concatenate([np.log(tail[::-1]), [math.log(0.5)], np.log1p(-tail)])
+    density = np.exp(math.log(n) + (n - 1) * log_cdf - 0.5 * x * x
                      - 0.5 * math.log(2.0 * math.pi))
     return 2.0 * float(_trapezoid(x * density, x))
 
 
 def _validate(x: Tensor, training: bool, what: str) -> tuple[tuple[int, ...], int]:
-    _check_floating(x)
+    check_floating(x)
     _, dims = reduction_dims(x, 1)
     n = x.numel() // max(x.shape[1], 1)
     if x.numel() == 0:
@@ -141,7 +167,7 @@ def l1_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel mean and L1 dispersion ``sqrt(pi/2) * mean |x - mu|``, each ``(C,)``."""
     dims, _ = _validate(x, True, "l1_moments")
     mean = x.mean(dim=dims, keepdim=True)
-    disp = (x - mean).abs().mean(dim=dims) * math.sqrt(math.pi / 2.0)
+    disp = (x - mean).abs().mean(dim=dims) * L1_CONSTANT
     return mean.reshape(-1), disp
 
 
@@ -170,18 +196,27 @@ def _linf_constant(n: int, k: int, correction: str) -> float:
     """What the top-k mean is divided by: ``E_k(n)`` or the paper's inverse constant."""
     if correction == "exact":
         return gaussian_topk_abs_mean(n, k)
-    return math.sqrt(2.0 * math.log(n)) / (0.5 * (1.0 + math.sqrt(math.pi * math.log(4.0))))
+    return math.sqrt(2.0 * math.log(n)) / TOPK_PAPER_CONSTANT
 
 
 def _range_constant(n: int, correction: str) -> float:
-    """What the range is divided by: ``R(n)`` or the paper's ``1 / C(n) = sqrt(2 ln n)``."""
-    return gaussian_range(n) if correction == "exact" else math.sqrt(2.0 * math.log(n))
+    """What the range is divided by: :func:`gaussian_range_unit_variance` ``(n)`` or the
+    paper's ``1 / C(n) = sqrt(2 ln n)``."""
+    if correction == "exact":
+        return gaussian_range_unit_variance(n)
+    return math.sqrt(2.0 * math.log(n))
+
+
+def range_running_factor(n: int, correction: str) -> float:
+    """What the training range dispersion is multiplied by before it enters the running
+    dispersion: ``C(n) / R(n)`` (``exact``: the running value estimates sigma), else 1."""
+    return gaussian_range_unit_variance(n) / gaussian_range(n) if correction == "exact" else 1.0
 
 
 def range_moments(x: Tensor, correction: str = "exact") -> tuple[Tensor, Tensor]:
-    """Per-channel mean and range dispersion ``(max - min) / R(n)``, each ``(C,)``.
+    """Per-channel mean and range dispersion ``(max - min) / C(n)``, each ``(C,)``.
 
-    ``correction="exact"`` uses ``R(n)`` = :func:`gaussian_range` ``(n)``; ``"paper"`` uses the
+    ``correction="exact"`` uses :func:`gaussian_range_unit_variance` ``(n)``; ``"paper"`` the
     paper's ``C(n) = 1 / sqrt(2 ln n)`` (dispersion ``range * C(n)``, about ``2 sigma``).
     """
     _check_correction(correction)
@@ -215,11 +250,12 @@ def _affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
 
 
 def _dispersion_batch_norm(x, kind, constant, running_mean, running_disp, weight, bias,
-                           training, momentum, eps, what, k=1):
+                           training, momentum, eps, what, k=1, running_factor=None):
     """Shared body; ``constant(n)`` gives the fused path's constant for ``n`` values per
     channel (:func:`~normlab.functional.dispersion_autograd.fused_dispersion_batch_norm`:
-    the same function and gradient as autograd through the ``*_moments`` functions)."""
-    _check_floating(x)
+    the same function and gradient as autograd through the ``*_moments`` functions);
+    ``running_factor(n)`` scales the batch dispersion before it enters the running one."""
+    check_floating(x)
     if x.dim() < 2:
         raise ValueError(f"{what} expects (N, C, *) input, got shape {tuple(x.shape)}")
     if eps < 0:
@@ -234,6 +270,8 @@ def _dispersion_batch_norm(x, kind, constant, running_mean, running_disp, weight
     if running_mean is not None and running_disp is not None:
         with torch.no_grad():
             running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+            if running_factor is not None:
+                disp = disp * running_factor(n)
             running_disp.lerp_(disp.to(running_disp.dtype), momentum)
     return y
 
@@ -282,78 +320,13 @@ def range_batch_norm(x: Tensor, running_mean: Tensor | None = None,
     _check_correction(correction)
     return _dispersion_batch_norm(
         x, "range", lambda n: _range_constant(n, correction), running_mean, running_disp,
-        weight, bias, training, momentum, eps, "range_batch_norm")
+        weight, bias, training, momentum, eps, "range_batch_norm",
+        running_factor=lambda n: range_running_factor(n, correction))
 
 
 l1_batch_norm.__doc__ = "L1 batch norm: dispersion ``sqrt(pi/2) mean|x - mu|``." + _NORM_DOC
 linf_batch_norm.__doc__ = ("Top-k (L-inf) batch norm, see :func:`linf_moments` for ``k`` and "
                            "``correction``." + _NORM_DOC)
 range_batch_norm.__doc__ = ("Range batch norm, see :func:`range_moments` for "
-                            "``correction``." + _NORM_DOC)
-
-
-def renorm_limits(step: int, rmax: float, dmax: float, start: int, rmax_steps: int,
-                  dmax_steps: int) -> tuple[float, float]:
-    """Batch Renorm's ``(r_max, d_max)`` at training step ``step``: linear warm-up.
-
-    ``r_max`` is 1 and ``d_max`` 0 (plain BN) until ``start``; then they grow linearly to
-    ``rmax`` over ``rmax_steps`` steps and to ``dmax`` over ``dmax_steps`` steps. A zero
-    number of steps jumps at ``start``; ``start = 0`` with zero steps gives fixed limits.
-    """
-    def ramp(steps: int) -> float:
-        if step < start:
-            return 0.0
-        return 1.0 if steps <= 0 else min(1.0, (step - start) / steps)
-
-    return 1.0 + (rmax - 1.0) * ramp(rmax_steps), dmax * ramp(dmax_steps)
-
-
-def batch_renorm(x: Tensor, running_mean: Tensor, running_var: Tensor,
-                 weight: Tensor | None = None, bias: Tensor | None = None,
-                 training: bool = True, momentum: float = 0.1, eps: float = 1e-5,
-                 rmax: float = 3.0, dmax: float = 5.0) -> Tensor:
-    """Batch Renormalization (Ioffe 2017, Algorithm 1).
-
-    Training: ``y = ((x - mu_B) / sigma_B * r + d) * weight + bias`` with
-    ``sigma_B = sqrt(var_B + eps)``, ``sigma = sqrt(running_var + eps)``,
-    ``r = clip(sigma_B / sigma, 1/rmax, rmax)`` and ``d = clip((mu_B - mu) / sigma, -dmax,
-    dmax)``, both treated as constants (no gradient). The running statistics are then updated
-    as torch's BN does (``running_var`` with the unbiased batch variance), so that with
-    ``rmax = 1, dmax = 0`` the layer is exactly ``torch.nn.BatchNorm`` in train mode.
-    Evaluation: ``(x - running_mean) / sigma * weight + bias``.
-
-    Args:
-        x: ``(N, C, *)``.
-        running_mean, running_var: ``(C,)`` buffers (required: r and d need them).
-        rmax, dmax: the clipping limits at this step (see :func:`renorm_limits`).
-
-    Returns:
-        A tensor shaped like ``x``.
-    """
-    _check_floating(x)
-    if x.dim() < 2:
-        raise ValueError(f"batch_renorm expects (N, C, *) input, got shape {tuple(x.shape)}")
-    if rmax < 1.0 or dmax < 0.0:
-        raise ValueError(f"need rmax >= 1 and dmax >= 0, got rmax={rmax}, dmax={dmax}")
-    if not training:
-        return dispersion_normalize(x, running_mean, torch.sqrt(running_var + eps), weight,
-                                    bias, 0.0)
-    dims, _ = _validate(x, True, "batch_renorm")
-    with torch.no_grad():
-        mean = x.mean(dim=dims, keepdim=True)
-        dev = x - mean
-        var = (dev * dev).mean(dim=dims)
-        mean = mean.reshape(-1)
-        run_std = torch.sqrt(running_var + eps)
-        r = (torch.sqrt(var + eps) / run_std).clamp(1.0 / rmax, rmax).to(running_var.dtype)
-        d = ((mean - running_mean) / run_std).clamp(-dmax, dmax).to(running_var.dtype)
-    # y = ((x - mu_B) / sigma_B * r + d) * w + b is torch's BN with weight r w and bias
-    # d w + b: its fused kernels give the gradient through mu_B and sigma_B (r, d constant)
-    # and update the running statistics (unbiased variance) as documented above.
-    scale, shift = (r, d) if weight is None else (r * weight, d * weight)
-    if bias is not None:
-        shift = shift + bias
-    # torch.batch_norm, not F.batch_norm: the latter refuses eps = 0, which this function
-    # (like the paper) allows.
-    return torch.batch_norm(x, scale, shift, running_mean, running_var, True, momentum, eps,
-                            torch.backends.cudnn.enabled)
+                            "``correction``; the running dispersion is updated with "
+                            ":func:`range_running_factor` times the batch's." + _NORM_DOC)

@@ -1,0 +1,72 @@
+"""Standardization-loss training steps timed in *thread CPU time*, for loaded machines.
+
+``python -m normlab.lab.bench.cpu_time [--models cnn,wide_cnn,mlp] [--rounds 15]``
+
+The standardization loss (Collins, Ballé & Shlens 2019, arXiv:1903.00925) has two CPU paths
+(:func:`normlab.functional.set_implementation`). This compares ``none``, ``batch_norm`` and
+``std_loss`` on each path, built by :func:`~normlab.lab.bench.cases.make_setup` exactly as
+``normlab bench train`` builds them, interleaved (order rotated each round), one thread. It
+reads ``time.thread_time()``, which does not count time spent waiting for a core: on a machine
+shared by many jobs, wall-clock ratios swing by tens of percent, CPU-time ratios much less
+(cache and memory-bandwidth sharing still show). Prints the median ratio to ``none`` and the
+interquartile range. The kernel variant runs only where the kernel is already built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from ...functional import _std_loss_kernel, standardization
+from ...methods import create_method
+from .allocator import tune_malloc
+from .cases import BENCH_MODELS, make_setup
+
+VARIANTS = {"none": ("none", "torch"), "batch_norm": ("batch_norm", "torch"),
+            "std_loss[torch]": ("std_loss", "torch"), "std_loss[kernel]": ("std_loss", "kernel")}
+INNER = {"cnn": 5, "wide_cnn": 1, "mlp": 40}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="cnn,wide_cnn,mlp")
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args(argv)
+    tune_malloc()
+    torch.set_num_threads(1)
+    variants = dict(VARIANTS)
+    if not _std_loss_kernel.load(build=False):
+        del variants["std_loss[kernel]"]
+    for key in args.models.split(","):
+        spec = BENCH_MODELS[key]
+        setups = {n: make_setup(spec, create_method(m)) for n, (m, _) in variants.items()}
+        inner = INNER.get(key, 1)
+
+        def step_time(name: str) -> float:
+            standardization.set_implementation(variants[name][1])
+            start = time.thread_time()
+            for _ in range(inner):
+                setups[name].step()
+            return (time.thread_time() - start) / inner
+
+        names = list(setups)
+        for name in names * 2:  # warm-up
+            step_time(name)
+        ratios: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(args.rounds):
+            times = {n: step_time(n) for n in names[r % len(names):] + names[:r % len(names)]}
+            for n in names:
+                ratios[n].append(times[n] / times["none"])
+        cells = [f"{n} {statistics.median(v):.2f} [{min(statistics.quantiles(v, n=4)):.2f}-"
+                 f"{max(statistics.quantiles(v, n=4)):.2f}]" for n, v in ratios.items() if n != "none"]
+        print(f"{key}: " + ", ".join(cells), flush=True)
+        for s in setups.values():
+            s.close()
+    standardization.set_implementation("torch")
+
+
+if __name__ == "__main__":
+    main()
