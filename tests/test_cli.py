@@ -23,14 +23,16 @@ def test_compare_writes_results_report_and_plots(tmp_path, capsys):
     assert res["config"]["steps"] == 12 and res["seeds"] == [0, 1]
     assert [r["method"] for r in res["summary"]] == ["none", "batch_norm", "std_loss"]
     runs = res["runs"]["std_loss"]
-    assert len(runs) == 2 and runs[0]["eval_steps"] == [0, 4, 8, 12]
+    assert len(runs) == 2 and runs[0]["eval_steps"] == [0, 1, 2, 4, 8, 12]  # log-spaced default
     assert len(runs[0]["train_loss"]) == 12 and all(a > 0 for a in runs[0]["aux_loss"])
     assert all(a == 0 for a in res["runs"]["none"][0]["aux_loss"])
     assert res["environment"]["torch"] and "synthetic" in res["dataset"]["note"]
     report = (out / "report.md").read_text()
     assert "| std_loss |" in report and "synthetic" in report
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "speed-up" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "speed-up" in printed and "Resolution: 6 evaluations" in printed
+    assert "Resolution:" in report
 
 
 def test_same_seed_repeats_bit_for_bit(tmp_path):

@@ -35,7 +35,8 @@ def test_options_follow_non_default_arguments():
                                 "correction": "paper"}
     assert create_method("bounded_weight_norm", norm="linf").options() == {"norm": "linf"}
     assert repr(create_method("std_loss", weight=0.5)) == \
-        "StandardizationLossMethod(weight=0.5, eps=1e-05, stats='replica', reduction='sum')"
+        "StandardizationLossMethod(weight=0.5, eps=1e-05, stats='replica', reduction='sum', " \
+        "logits=False, bias=True)"
 
 
 def test_a_constructor_argument_not_stored_under_its_name_fails_loudly():

@@ -295,7 +295,7 @@ def test_cli_nproc_2_matches_single_process(tmp_path, capsys):
     assert a["config"] == b["config"] and a["methods"] == b["methods"]
     for method in ("none", "batch_norm", "std_loss"):
         ra, rb = a["runs"][method][0], b["runs"][method][0]
-        assert ra["eval_steps"] == rb["eval_steps"] == [0, 10, 20]
+        assert ra["eval_steps"] == rb["eval_steps"] == [0, 1, 2, 4, 8, 10, 16, 20]
         for key in ("test_acc", "test_loss", "train_loss", "aux_loss"):
             _close(rb[key], ra[key], f"{method} {key}", atol=1e-4)
     assert "world_size" not in a["environment"]

@@ -36,7 +36,7 @@ from ..methods import Method
 from .config import TrainConfig
 from .datasets import load_dataset
 from .datasets.arrays import task_of, test_stream, train_stream
-from .metrics import mean_curve, mean_std, speedup
+from .metrics import mean_curve, mean_std, resolution_text, speedup
 from .parallel import run_parallel
 from .runstore import RunStore, fingerprint
 from .train import (METRICS, RunResult, Trainer, build_run_model, eval_schedule,
@@ -275,6 +275,9 @@ def _fill(exp: Experiment, runs: list[RunResult]) -> float:
 def summarize(exp: Experiment, baseline: str | None = "none") -> list[dict]:
     """One row per (batch size, method): final test metric mean/std, best value, speed-up vs
     ``baseline`` at the same batch size.
+    Each row also has ``speedup_at_cap``, the ``speedup_min``/``speedup_max`` the evaluation
+    schedule can show and the ``resolution`` sentence every speed-up table prints (see
+    :mod:`normlab.lab.metrics`).
 
     Without the baseline among the methods (or ``baseline=None``) the first method is used.
     """
@@ -310,6 +313,10 @@ def summarize(exp: Experiment, baseline: str | None = "none") -> list[dict]:
                 "steps_to_target": sp["method_steps"],
                 "baseline_steps": sp["baseline_steps"],
                 "speedup": sp["speedup"],
+                "speedup_at_cap": sp["at_cap"],
+                "speedup_min": sp["speedup_min"],
+                "speedup_max": sp["speedup_max"],
+                "resolution": resolution_text(steps, base, sp["baseline_steps"]),
                 "diverged_seeds": [r.seed for r in runs if r.diverged_at is not None],
                 "seconds_per_run": float(np.mean([r.seconds for r in runs])),
                 "seeds": len(runs),

@@ -11,6 +11,7 @@ from pathlib import Path
 from .atomic import atomic_write
 from .experiment import Experiment, data_info, environment, summarize
 from .plots import plot_accuracy, plot_batch_sizes, plot_losses
+from .metrics import format_speedup, recovered_fraction
 
 __all__ = ["write_report", "format_table", "format_batch_table", "json_safe", "REPORT_FILES"]
 
@@ -22,7 +23,11 @@ REPORT_FILES = ("results.json", "report.md", "accuracy.png", "loss.png", "batch_
 def _fmt_speedup(row: dict) -> str:
     if row["method"] == row["baseline"]:
         return "1.00x (baseline)"
-    return "never" if row["speedup"] is None else f"{row['speedup']:.2f}x"
+    return format_speedup(row["speedup"], row.get("speedup_at_cap", False))
+
+
+def _fmt_steps(steps: float | None) -> str:
+    return "never" if steps is None else f"{steps:.0f}" if steps >= 10 else f"{steps:.2g}"
 
 
 def _fmt_value(row: dict, mean: float, std: float | None = None) -> str:
@@ -38,7 +43,8 @@ def _metric_title(rows: list[dict]) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    """The markdown table of a summary (one row per method, and batch size if several)."""
+    """The markdown table of a summary (one row per method, and batch size if several), then
+    its resolution line."""
     sweep = len({r.get("batch_size") for r in rows}) > 1
     lines = [
         ("| batch | " if sweep else "| ") + f"method | final test {_metric_title(rows)} "
@@ -46,13 +52,16 @@ def format_table(rows: list[dict]) -> str:
         "|---" * (6 if sweep else 5) + "|",
     ]
     for r in rows:
-        steps = "never" if r["steps_to_target"] is None else str(r["steps_to_target"])
+        steps = _fmt_steps(r["steps_to_target"])
         acc = _fmt_value(r, r["final_acc_mean"], r["final_acc_std"])
         if r["diverged_seeds"]:
             acc += f" ({len(r['diverged_seeds'])} diverged)"
         lines.append(("| " + str(r["batch_size"]) + " " if sweep else "")
                      + f"| {r['method']} | {acc} | {steps} | {_fmt_speedup(r)} "
                      f"| {r['seconds_per_run']:.1f} |")
+    resolutions = list(dict.fromkeys(r["resolution"] for r in rows if r.get("resolution")))
+    if resolutions:
+        lines += ["", *resolutions]
     return "\n".join(lines)
 
 
@@ -68,6 +77,19 @@ def format_batch_table(rows: list[dict]) -> str:
             _fmt_value(cell[m, b], cell[m, b]["final_acc_mean"], cell[m, b]["final_acc_std"])
             for b in sizes) + " |")
     return "\n".join(lines)
+
+
+def _recovered(rows: list[dict], reference: str = "batch_norm") -> list[str]:
+    """The share of BN's final-accuracy gain over the baseline each other method recovers."""
+    by = {r["method"]: r["final_acc_mean"] for r in rows}
+    base = rows[0]["baseline"] if rows else None
+    if reference not in by or base not in by or by[reference] <= by[base]:
+        return []
+    parts = [f"{k} {100 * recovered_fraction(by[base], by[reference], v):.0f}%"
+             for k, v in by.items() if k not in (base, reference)]
+    return ([f"Share of `{reference}`'s final-accuracy gain over `{base}` recovered "
+             f"((method - {base}) / ({reference} - {base})): " + ", ".join(parts) + ".", ""]
+            if parts else [])
 
 
 def json_safe(obj):
@@ -148,8 +170,11 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
                      if r["method"] == rows[0]["method"]) + f" (lr scaling: {exp.lr_scaling})"
            if sweep else f"{cfg.batch_size}")
         + f", {cfg.optimizer} lr {cfg.lr}"
-        f" (momentum {cfg.momentum}), weight decay {cfg.weight_decay}; {len(exp.seeds)} seeds "
-        f"({', '.join(map(str, exp.seeds))}); test set evaluated every {cfg.eval_every} steps.",
+        f" (momentum {cfg.momentum}), weight decay {cfg.weight_decay}; init {cfg.init}, inputs "
+        f"{cfg.input_scaling}; {len(exp.seeds)} seeds "
+        f"({', '.join(map(str, exp.seeds))}); test set evaluated every {cfg.eval_every} steps"
+        + (" and at steps 1, 2, 4, 8, ... (log-spaced schedule)." if cfg.eval_schedule == "log"
+           else "."),
         "",
         *([f"Data parallel: {exp.distributed['world_size']} processes, "
            f"{exp.distributed['stats']} batch statistics, {exp.distributed['backend']}.", ""]
@@ -162,10 +187,11 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
         f"Speed-up (arXiv:1903.00925): steps `{rows[0]['baseline']}` needs to reach its best "
         f"seed-mean test {rows[0]['metric']} ("
         + ("at each batch size" if sweep else _fmt_value(rows[0], rows[0]["target_acc"]))
-        + "), divided by the steps each method's seed-mean curve needs to reach it; 'never' if "
-        "it does not within the budget. A diverged run counts at chance accuracy (regression: "
+        + "), divided by the steps each method's seed-mean curve needs to reach it (interpolated "
+        "linearly between evaluations); 'never' if it does not within the budget. A diverged run counts at chance accuracy (regression: "
         "the untrained error) from then on.",
         "",
+        *_recovered(rows),
         "![test accuracy](accuracy.png)",
         "",
         "![losses](loss.png)",

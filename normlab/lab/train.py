@@ -39,6 +39,7 @@ from ..surgery import deploy_model
 from .config import TrainConfig
 from .datasets import Dataset
 from .datasets.arrays import check_targets, task_of, test_stream, train_stream
+from .input_scaling import scale_inputs
 from .models import build_model
 
 __all__ = ["RunResult", "Trainer", "train", "evaluate", "evaluate_stream", "eval_schedule",
@@ -49,9 +50,17 @@ METRICS = {"classification": ("accuracy", True), "regression": ("mse", False)}
 
 
 def eval_schedule(config: TrainConfig) -> list[int]:
-    """The steps at which a run evaluates: 0, every ``eval_every`` steps, and the last step."""
-    steps = list(range(0, config.steps + 1, config.eval_every))
-    return steps if steps[-1] == config.steps else steps + [config.steps]
+    """The steps at which a run evaluates, ascending.
+
+    Always step 0, every ``eval_every`` steps and the last step; with
+    ``eval_schedule="log"`` (the default) also the powers of two 1, 2, 4, 8, ... below the
+    budget, so that a curve's early rise, and with it a large speed-up, is resolved down to
+    a single step instead of being capped at ``steps / eval_every``.
+    """
+    steps = set(range(0, config.steps + 1, config.eval_every)) | {config.steps}
+    if config.eval_schedule == "log":
+        steps |= {1 << k for k in range(config.steps.bit_length()) if 1 << k <= config.steps}
+    return sorted(steps)
 
 
 class TrainingDiverged(RuntimeError):
@@ -169,6 +178,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, model: nn.Module, data, method: Method, seed: int,
                  replica: Replica | None = None, raise_on_nan: bool = False) -> None:
+        if isinstance(data, Dataset):  # the lab's datasets: the input-scaling ablation
+            data = scale_inputs(data, config.input_scaling)
         self.config, self.data, self.method, self.seed = config, data, method, seed
         self.replica, self.raise_on_nan = replica, raise_on_nan
         self.task = task_of(data)
@@ -312,7 +323,8 @@ def build_run_model(config: TrainConfig, data, method: Method,
                     report: list | None = None) -> nn.Module:
     """The model one run trains: the user's ``model_fn`` variant, or the lab's ``config.model``."""
     if model_fn is None:
-        return build_model(config.model, method, data.in_shape, data.num_classes)
+        return build_model(config.model, method, data.in_shape, data.num_classes,
+                           init=config.init)
     from .user_model import build_variant
 
     return build_variant(model_fn, method, example_batch(data), report)

@@ -26,28 +26,18 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import sys
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 from torch import Tensor, nn
 
 from ..methods import Method
-from ..surgery import is_norm_layer, remove_norm, replace_norm
+from ..surgery import insert_norm, is_norm_layer, remove_norm, replace_norm
 
 __all__ = ["load_model_fn", "is_model_spec", "build_variant", "describe", "ModelFn", "UserModel"]
 
 ModelFn = Callable[[], nn.Module]
-
-
-class _Record(NamedTuple):
-    """A surgery record where the surgery function keeps no report of its own."""
-
-    name: str
-    old: str
-    new: str
-    action: str
 
 
 def is_model_spec(name: str) -> bool:
@@ -92,10 +82,6 @@ def load_model_fn(spec: str) -> ModelFn:
     return fn
 
 
-def _accepts_report(fn: Callable) -> bool:
-    return "report" in inspect.signature(fn).parameters
-
-
 def _top_norms(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Norm layers not inside another norm layer (what the converters act on)."""
     found: list[tuple[str, nn.Module]] = []
@@ -106,28 +92,14 @@ def _top_norms(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _remove(model: nn.Module, report: list) -> nn.Module:
-    if _accepts_report(remove_norm):
-        return remove_norm(model, inplace=True, report=report)
-    before = _top_norms(model)
-    model = remove_norm(model, inplace=True)
-    report += [_Record(n, type(m).__name__, "removed", "removed") for n, m in before]
-    return model
+    return remove_norm(model, inplace=True, report=report)
 
 
 def _replace(model: nn.Module, method: Method, report: list) -> nn.Module:
-    if _accepts_report(replace_norm):
-        return replace_norm(model, method, inplace=True, report=report)
-    model, replaced = replace_norm(model, method, inplace=True, return_report=True)
-    report += [_Record(r.name, r.old, r.new, "replaced") for r in replaced]
-    return model
+    return replace_norm(model, method, inplace=True, report=report)
 
 
 def _insert(model: nn.Module, method: Method, example: Tensor | None, report: list) -> nn.Module:
-    try:
-        from ..surgery import insert_norm
-    except ImportError:
-        raise ValueError(f"{method.name}: the model has no normalization layer to replace, and "
-                         "this normlab cannot insert one (no normlab.surgery.insert_norm)") from None
     if example is None:
         raise ValueError(f"{method.name}: inserting norms into a norm-free model needs an "
                          "example input")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..layers.torch_batch_norm import batch_norm
-from ..losses.standardization import REDUCTIONS, STATS, StandardizationLoss
+from ..losses.standardization import REDUCTIONS, STATS, WEIGHT_LAYERS, StandardizationLoss
 from . import METHODS
 from .base import BatchStatsMethod, Method
 
@@ -73,24 +73,38 @@ class StandardizationLossMethod(Method):
             :class:`~normlab.losses.StandardizationLoss`.
         reduction: ``"sum"`` (the paper's) or ``"mean"`` over channels and layers (width-
             and depth-independent; a mean-weight ``w`` is a sum-weight ``w / channels``).
+        logits: also standardize the logit layer's output (the paper's text hooks "each
+            layer"; normlab's default leaves the classifier's logits free).
+        bias: weight layers before each activation keep their bias (default). ``False``
+            builds them bias-free, like the paper's BN network, whose only per-channel
+            offset is BN's learned shift.
     """
 
     kind = "loss"
     paper = "Collins, Ballé & Shlens 2019, arXiv:1903.00925"
     batch_dependent = False
     inference = "none (loss dropped)"
+    option_attributes = {"bias": "conv_bias"}
 
     def __init__(self, weight: float = 1.0, eps: float = 1e-5, stats: str = "replica",
-                 reduction: str = "sum") -> None:
+                 reduction: str = "sum", logits: bool = False, bias: bool = True) -> None:
         if stats not in STATS:
             raise ValueError(f"stats must be one of {STATS}, got {stats!r}")
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        for name, value in (("logits", logits), ("bias", bias)):
+            if not isinstance(value, bool):
+                raise ValueError(f"std_loss option {name} must be True or False, got {value!r}")
         self.weight = weight
         self.eps = eps
         self.stats = stats
         self.reduction = reduction
+        self.logits = logits
+        self.conv_bias = bias
 
     def auxiliary_loss(self, model: nn.Module) -> StandardizationLoss:
-        return StandardizationLoss(model, weight=self.weight, eps=self.eps, stats=self.stats,
-                                   reduction=self.reduction)
+        layers = None  # every weight layer but the last executed (the logits)
+        if self.logits:
+            layers = [n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
+        return StandardizationLoss(model, weight=self.weight, layers=layers, eps=self.eps,
+                                   stats=self.stats, reduction=self.reduction)

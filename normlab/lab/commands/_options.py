@@ -19,7 +19,8 @@ from ..datasets.arrays import TASKS, load_npz
 from ..experiment import LR_SCALING
 
 __all__ = ["add_config_args", "config_from_args", "methods_from_args", "dataset_from_args",
-           "distributed_from_args", "batch_sizes_from_args", "model_from_args"]
+           "distributed_from_args", "batch_sizes_from_args", "model_from_args",
+           "parse_key_values"]
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -31,8 +32,9 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
             p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action="store_true",
                            help=f.metadata.get("help", ""))
             continue
+        # choices= makes argparse name the allowed values in its one-line error.
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(getattr(defaults, f.name)),
-                       default=getattr(defaults, f.name),
+                       default=getattr(defaults, f.name), choices=f.metadata.get("choices"),
                        help=f"{f.metadata.get('help', '')} (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (default: %(default)s)")
     u = p.add_argument_group("your own model and data (see README 'Your own model')")
@@ -144,19 +146,26 @@ def _check_option(names: list[str], key: str, value: object) -> None:
                 _check(value >= 0, flag, value, ">= 0")
 
 
-def _parse_options(args: argparse.Namespace) -> dict[str, object]:
-    options: dict[str, object] = {}
-    for item in args.option:
+def parse_key_values(items: list[str], flag: str) -> dict[str, object]:
+    """``KEY=VALUE`` strings to a dict; a value is a Python literal where it parses as one,
+    else the string. Raises ValueError naming ``flag`` for an item without ``=``."""
+    out: dict[str, object] = {}
+    for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
         try:
-            options[key.strip()] = ast.literal_eval(value)
+            out[key.strip()] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             try:  # nan, inf: numbers literal_eval does not read, checked by _check_option
-                options[key.strip()] = float(value)
+                out[key.strip()] = float(value)
             except ValueError:
-                options[key.strip()] = value
+                out[key.strip()] = value
+    return out
+
+
+def _parse_options(args: argparse.Namespace) -> dict[str, object]:
+    options = parse_key_values(args.option, "--option")
     if args.weight is not None:
         options["weight"] = args.weight
     return options

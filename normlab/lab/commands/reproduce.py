@@ -10,6 +10,7 @@ from pathlib import Path
 from ..outdir import claim_out
 from ..reproduce import EXPERIMENTS, get_experiment, reproduce, tune_malloc
 from ..reproduce.report import comparison_table
+from ._options import parse_key_values
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing result in the results folder (default: refuse)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="replace one of the experiment's parameters (a Python literal, e.g. "
+                        "--param epochs=8 --param batch_sizes=2,8,32); the report says so")
     p.set_defaults(func=run)
 
 
@@ -40,6 +44,11 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     names = list(EXPERIMENTS) if args.name == "all" else [get_experiment(args.name).name]
+    params = parse_key_values(args.param, "--param")
+    if params and len(names) > 1:
+        raise ValueError("--param applies to one experiment, not to 'all'")
+    for name in names:  # check before anything runs: bad input is one clear line
+        get_experiment(name).resolve(args.quick, args.seeds, params)
     # Every results folder checked and locked before the first experiment starts.
     outs = {}
     for name in names:
@@ -55,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         payload = reproduce(name, quick=args.quick, out=out, data_dir=args.data_dir,
                             download=not args.no_download, seeds=args.seeds,
                             progress=not args.no_progress,
-                            command=command if len(names) == 1 else None)
+                            command=command if len(names) == 1 else None, params=params)
         print(f"\n== {name} ({payload['runtime']})")
         print(comparison_table(payload["paper_vs_normlab"], "see report.md"))
         print(f"wrote {out}/report.md, results.json and {', '.join(payload['plots'])}")

@@ -14,6 +14,7 @@ from torch import nn
 
 from ...methods import Method
 from ...registry import Registry
+from ..init import initialize
 
 __all__ = ["MODELS", "ModelFactory", "build_model"]
 
@@ -21,7 +22,9 @@ ModelFactory = Callable[[Method, Sequence[int], int], nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model")
 
 
-def build_model(name: str, method: Method, in_shape: Sequence[int], num_classes: int) -> nn.Module:
-    """Build model ``name`` for ``method`` and apply the method's weight hook (``prepare``)."""
-    model = MODELS.get(name)(method, tuple(in_shape), num_classes)
+def build_model(name: str, method: Method, in_shape: Sequence[int], num_classes: int,
+                init: str = "torch") -> nn.Module:
+    """Build model ``name`` for ``method``, initialize it with ``init`` (see
+    :mod:`normlab.lab.init`), then apply the method's weight hook (``prepare``)."""
+    model = initialize(MODELS.get(name)(method, tuple(in_shape), num_classes), init)
     return method.prepare(model)

@@ -23,6 +23,7 @@ from ..datasets import DATASETS, Dataset
 from .experiments import EXPERIMENTS, get_experiment
 from .report import write_repro_report
 from .runners import RUNNERS, Outcome
+from . import batch_size  # noqa: F401  (registers the batch_size runner)
 from .spec import Arm, Claim, Quick, ReproSpec
 
 __all__ = ["EXPERIMENTS", "RUNNERS", "Arm", "Claim", "Outcome", "Quick", "ReproSpec",
@@ -39,7 +40,7 @@ def load_spec_data(spec: ReproSpec, data_dir: str | os.PathLike | None = None,
 def reproduce(name: str, quick: bool = False, out: str | os.PathLike | None = None,
               data_dir: str | os.PathLike | None = None, download: bool = True,
               seeds: int | None = None, progress: bool = True,
-              command: str | None = None) -> dict:
+              command: str | None = None, params: dict | None = None) -> dict:
     """Run experiment ``name`` and write its report folder; returns the results payload.
 
     Args:
@@ -50,8 +51,9 @@ def reproduce(name: str, quick: bool = False, out: str | os.PathLike | None = No
         seeds: override the spec's number of seeds.
         progress: show progress bars.
         command: the command line recorded in the report.
+        params: replacements of the spec's parameters (see :meth:`ReproSpec.resolve`).
     """
-    spec = get_experiment(name).resolve(quick, seeds)
+    spec = get_experiment(name).resolve(quick, seeds, params)
     out = Path(out) if out is not None else (
         Path("results") / ("reproduce-quick" if quick else "reproduce") / name)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..experiment import Experiment
-from ..metrics import mean_curve, mean_std, speedup
+from ..metrics import format_speedup, mean_curve, mean_std, speedup
 from ..train import eval_schedule
 
 __all__ = ["seed_speedups", "weight_analysis", "band_stability", "spread", "pct", "fmt_speedup",
@@ -31,30 +31,35 @@ def pct(mean: float, std: float | None = None) -> str:
     return f"{100 * mean:.2f}%" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}%"
 
 
-def fmt_speedup(value: float | None) -> str:
-    return "never" if value is None else f"{value:.2f}x"
+def fmt_speedup(row: dict) -> str:
+    """A summary row's speed-up: ``"3.33x"``, ``"≥ 1000.00x"`` at the cap, or "never"."""
+    return format_speedup(row["speedup"], row.get("speedup_at_cap", False))
 
 
-def mean_std_text(values: Sequence[float | None], unit: str = "x") -> str:
-    """Mean ± std of the finite values, with how many were missing ('never')."""
+def mean_std_text(values: Sequence[float | None], unit: str = "x", capped: int = 0) -> str:
+    """Mean ± std of the finite values, with how many were missing ('never') and how many
+    sat at the evaluation schedule's cap (lower bounds)."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
         return "never"
     m, s = mean_std(finite)
     text = f"{m:.2f} ± {s:.2f}{unit}" if len(finite) > 1 else f"{m:.2f}{unit}"
     missing = len(values) - len(finite)
-    return text + (f" ({missing} of {len(values)} never)" if missing else "")
+    notes = ([f"{missing} of {len(values)} never"] if missing else []) + (
+        [f"{capped} of {len(values)} at the cap"] if capped else [])
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def seed_speedups(exp: Experiment, label: str, baseline: str = "none") -> list[float | None]:
-    """Speed-up of ``label`` over ``baseline`` seed by seed (runs paired in seed order)."""
+def seed_speedups(exp: Experiment, label: str, baseline: str = "none") -> list[dict]:
+    """Speed-up of ``label`` over ``baseline`` seed by seed (runs paired in seed order): one
+    :func:`normlab.lab.metrics.speedup` result per seed."""
     steps = eval_schedule(exp.config)
     chance = 1.0 / exp.dataset.num_classes
     out = []
     for rb, rm in zip(exp.runs[baseline], exp.runs[label]):
         b = mean_curve([rb.test_acc], chance)
         m = mean_curve([rm.test_acc], chance)
-        out.append(speedup(steps, b, m)["speedup"])
+        out.append(speedup(steps, b, m))
     return out
 
 

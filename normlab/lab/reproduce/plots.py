@@ -82,15 +82,40 @@ def plot_percentiles(curves: Mapping[str, dict], path: Path, title: str) -> str:
 
 
 def plot_batch_size(batch_sizes: Sequence[int], means: Mapping[str, Sequence[float]],
-                    stds: Mapping[str, Sequence[float]], path: Path) -> str:
+                    stds: Mapping[str, Sequence[float]], path: Path,
+                    title: str = "accuracy vs batch size") -> str:
     """Final accuracy vs batch size (log2 axis), one line per method."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for label in means:
         ax.errorbar(batch_sizes, means[label], yerr=stds[label], marker="o", capsize=3,
                     label=label)
     ax.set_xscale("log", base=2)
-    ax.set(xlabel="batch size (linear lr scaling)", ylabel="final test accuracy",
-           title="accuracy vs batch size, fixed example budget")
+    ax.set(xlabel="batch size (linear lr scaling)", ylabel="final test accuracy", title=title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_epoch_budget(batch_sizes: Sequence[int],
+                      curves: Mapping[str, Mapping[int, Sequence[float]]], path: Path,
+                      title: str) -> str:
+    """Test accuracy vs epochs trained, one panel per method, one line per batch size."""
+    labels = list(curves)
+    cols = min(4, len(labels))
+    rows = -(-len(labels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), dpi=100,
+                             sharex=True, sharey=True, squeeze=False)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(batch_sizes)))
+    for ax, label in zip(axes.flat, labels):
+        for color, b in zip(colors, batch_sizes):
+            curve = curves[label][b]
+            ax.plot(range(len(curve)), curve, color=color, label=f"batch {b}")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(labels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.supxlabel("epochs trained (constant lr)")
+    fig.supylabel("test accuracy (seed mean)")
+    fig.suptitle(title)
     return _save(fig, path)

@@ -29,16 +29,19 @@ def comparison_table(rows: list[dict], differences: str) -> str:
 
 
 def _steps(spec: ReproSpec) -> str:
-    if "examples" in spec.params:  # the batch-size sweep: steps = examples / batch
-        return f"{spec.params['examples']} training examples per batch size"
+    if "epochs" in spec.params:  # the batch-size sweep: steps = epochs * examples / batch
+        return f"{spec.params['epochs']} epochs per batch size"
     return f"{spec.config.steps} steps"
 
 
-def _differences(spec: ReproSpec, data: Dataset) -> str:
+def _differences(spec: ReproSpec, data: Dataset, results: dict) -> str:
     cfg = spec.config
     synthetic = ", SYNTHETIC" if data.source == "synthetic" else ""
-    return (f"paper: {spec.paper_setting}. Here: {data.name} ({len(data.x_train)} train / "
-            f"{len(data.x_test)} test{synthetic}), {cfg.model}, {_steps(spec)}, "
+    # a runner that trains on a subset reports the sizes it used
+    train = results.get("train_examples", len(data.x_train))
+    test = results.get("test_examples", len(data.x_test))
+    return (f"paper: {spec.paper_setting}. Here: {data.name} ({train} train / "
+            f"{test} test{synthetic}), {cfg.model}, {_steps(spec)}, "
             f"{spec.seeds} seed(s); see 'Why this budget'")
 
 
@@ -50,7 +53,7 @@ def write_repro_report(spec: ReproSpec, outcome: Outcome, data: Dataset, out: Pa
     cores = os.cpu_count()
     runtime = (f"{seconds:.0f} s wall on {cores} CPU cores, {torch.get_num_threads()} torch "
                "thread(s) (other processes may have shared the CPU)")
-    differences = _differences(spec, data)
+    differences = _differences(spec, data, outcome.results)
     payload = {
         "experiment": spec.name, "title": spec.title, "paper": spec.paper,
         "command": command, "quick": quick, "runtime_s": seconds, "runtime": runtime,
@@ -73,7 +76,10 @@ def write_repro_report(spec: ReproSpec, outcome: Outcome, data: Dataset, out: Pa
     lines += [
         f"Budget: model {cfg.model}, {_steps(spec)}, batch {cfg.batch_size}, "
         f"{cfg.optimizer} lr {cfg.lr} (momentum {cfg.momentum}), weight decay "
-        f"{cfg.weight_decay}; seeds {spec.seeds}; arms: "
+        f"{cfg.weight_decay}; init {cfg.init}, inputs {cfg.input_scaling}"
+        + (" (the reading closest to the paper: TensorFlow's Glorot-uniform init with zero "
+           "biases, p/255 inputs)" if (cfg.init, cfg.input_scaling) == ("glorot", "unit")
+           else "") + f"; seeds {spec.seeds}; arms: "
         + ", ".join(f"{a.label} ({a.method}{', ' + str(dict(a.options)) if a.options else ''}"
                     f"{', model ' + a.model if a.model else ''})" for a in spec.arms)
         + (f"; parameters {dict(spec.params)}" if spec.params else "") + ".", "",

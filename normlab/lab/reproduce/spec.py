@@ -103,8 +103,15 @@ class ReproSpec:
         if self.seeds < 1:
             raise ValueError(f"{self.name}: seeds must be >= 1, got {self.seeds}")
 
-    def resolve(self, quick: bool = False, seeds: int | None = None) -> "ReproSpec":
-        """The spec to run: itself, or its quick variant; ``seeds`` overrides the count."""
+    def resolve(self, quick: bool = False, seeds: int | None = None,
+                params: Mapping[str, Any] | None = None) -> "ReproSpec":
+        """The spec to run: itself, or its quick variant; ``seeds`` overrides the count and
+        ``params`` replaces parameters (each must exist; a tuple parameter takes a tuple or
+        one value, which becomes a 1-tuple). The budget note records every replacement.
+
+        Raises:
+            ValueError: an unknown parameter, or a value of the wrong type.
+        """
         spec = self
         if quick:
             q = self.quick
@@ -116,7 +123,32 @@ class ReproSpec:
                             "are meaningless). The full run: " + self.budget_note)
         if seeds is not None:
             spec = dataclasses.replace(spec, seeds=seeds)
+        if params:
+            spec = dataclasses.replace(spec, params={**spec.params,
+                                                     **self._checked(spec.params, params)},
+                                       budget_note=spec.budget_note + " Parameters changed "
+                                       "from the spec's: " + ", ".join(
+                                           f"{k}={v!r}" for k, v in params.items()) + ".")
         return spec
+
+    def _checked(self, known: Mapping[str, Any], params: Mapping[str, Any]) -> dict:
+        out = {}
+        for key, value in params.items():
+            if key not in known:
+                raise ValueError(f"{self.name} has no parameter {key!r}; known: "
+                                 f"{', '.join(known) or 'none'}")
+            default = known[key]
+            if isinstance(default, tuple) and not isinstance(value, (tuple, list)):
+                value = (value,)
+            elif isinstance(default, float) and isinstance(value, int):
+                value = float(value)
+            if isinstance(default, (tuple, list)):
+                value = tuple(value)
+            if not isinstance(value, type(default)):
+                raise ValueError(f"{self.name} parameter {key} must be "
+                                 f"{type(default).__name__} like {default!r}, got {value!r}")
+            out[key] = value
+        return out
 
     def to_dict(self) -> dict:
         return {

@@ -1,0 +1,45 @@
+"""The batch-size study's pieces: plateau test, subsets, parameter overrides."""
+
+import pytest
+import torch
+
+from normlab.lab.cli import main
+from normlab.lab.datasets.synthetic import synthetic
+from normlab.lab.reproduce import get_experiment
+from normlab.lab.reproduce.batch_size import plateau_gain, subset
+
+
+def test_plateau_gain_is_second_half_improvement():
+    # accuracy after 0..4 epochs: gained 0.02 from epoch 2 to 4
+    assert plateau_gain([0.1, 0.5, 0.70, 0.71, 0.72]) == pytest.approx(0.02)
+    assert plateau_gain([0.1, 0.5, 0.80, 0.75, 0.70]) == pytest.approx(-0.10)
+    with pytest.raises(ValueError, match="at least 2 epochs"):
+        plateau_gain([0.1, 0.5])
+
+
+def test_subset_is_seeded_and_keeps_the_test_head():
+    data = synthetic(num_train=100, num_test=50, shape=(1, 4, 4))
+    a, b = subset(data, 30, 20), subset(data, 30, 20)
+    assert len(a.x_train) == 30 and len(a.x_test) == 20
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.x_test, data.x_test[:20])
+    rows = {tuple(r.tolist()) for r in data.x_train.flatten(1)}
+    assert all(tuple(r.tolist()) in rows for r in a.x_train.flatten(1))
+    assert subset(data, None, None).x_train is data.x_train
+
+
+def test_params_override_is_checked_and_recorded():
+    spec = get_experiment("batch-size")
+    r = spec.resolve(params={"batch_sizes": (2, 8), "models": "cnn", "epochs": 4})
+    assert r.params["models"] == ("cnn",) and r.params["batch_sizes"] == (2, 8)
+    assert r.params["epochs"] == 4 and "epochs=4" in r.budget_note
+    with pytest.raises(ValueError, match="no parameter 'epoch'; known: models"):
+        spec.resolve(params={"epoch": 4})
+    with pytest.raises(ValueError, match="parameter epochs must be int"):
+        spec.resolve(params={"epochs": "many"})
+
+
+def test_cli_param_errors_are_one_line(capsys):
+    assert main(["reproduce", "batch-size", "--quick", "--param", "epoch=3"]) == 2
+    assert "no parameter 'epoch'" in capsys.readouterr().err
+    assert main(["reproduce", "batch-size", "--param", "epochs"]) == 2
+    assert "--param expects KEY=VALUE" in capsys.readouterr().err
