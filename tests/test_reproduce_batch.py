@@ -1,5 +1,7 @@
 """The batch-size study's pieces: plateau test, subsets, parameter overrides."""
 
+import json
+
 import pytest
 import torch
 
@@ -9,12 +11,16 @@ from normlab.lab.reproduce import get_experiment
 from normlab.lab.reproduce.batch_size import plateau_gain, subset
 
 
-def test_plateau_gain_is_second_half_improvement():
-    # accuracy after 0..4 epochs: gained 0.02 from epoch 2 to 4
-    assert plateau_gain([0.1, 0.5, 0.70, 0.71, 0.72]) == pytest.approx(0.02)
-    assert plateau_gain([0.1, 0.5, 0.80, 0.75, 0.70]) == pytest.approx(-0.10)
-    with pytest.raises(ValueError, match="at least 2 epochs"):
-        plateau_gain([0.1, 0.5])
+def test_plateau_gain_is_last_quarter_improvement():
+    # accuracy after 0..8 epochs: mean of epochs 7-8 minus mean of epochs 5-6
+    rising = [0.1, 0.3, 0.5, 0.6, 0.7, 0.70, 0.72, 0.73, 0.75]
+    assert plateau_gain(rising) == pytest.approx(0.74 - 0.71)
+    # a flat curve with evaluation noise: two single points would say +0.02 or -0.02
+    noisy = [0.1, 0.3, 0.5, 0.6, 0.7, 0.80, 0.78, 0.80, 0.78]
+    assert plateau_gain(noisy) == pytest.approx(0.0)
+    assert plateau_gain([0.1, 0.5, 0.8, 0.75, 0.70]) == pytest.approx(-0.05)
+    with pytest.raises(ValueError, match="at least 4 epochs"):
+        plateau_gain([0.1, 0.5, 0.6])
 
 
 def test_subset_is_seeded_and_keeps_the_test_head():
@@ -43,3 +49,18 @@ def test_cli_param_errors_are_one_line(capsys):
     assert "no parameter 'epoch'" in capsys.readouterr().err
     assert main(["reproduce", "batch-size", "--param", "epochs"]) == 2
     assert "--param expects KEY=VALUE" in capsys.readouterr().err
+
+
+def test_jobs_give_the_same_study_as_one_process(tmp_path):
+    """``--jobs 2`` trains the cells on worker processes that load the same subset."""
+    runs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"j{jobs}"
+        args = ["reproduce", "batch-size", "--quick", "--no-progress", "--out", str(out),
+                "--param", "batch_sizes=2,8", "--jobs", str(jobs)]
+        assert main(args) == 0
+        runs[jobs] = json.loads((out / "results.json").read_text())["results"]
+    one, two = (r["models"]["cnn"] for r in (runs[1], runs[2]))
+    assert one["final_acc"] == two["final_acc"] and one["curves"] == two["curves"]
+    assert runs[1]["train_examples"] == runs[2]["train_examples"] == 64
+    assert main(["reproduce", "batch-size", "--quick", "--jobs", "0"]) == 2

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing result in the results folder (default: refuse)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="independent runs on this many single-threaded worker processes "
+                        "(same results as one process)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="replace one of the experiment's parameters (a Python literal, e.g. "
                         "--param epochs=8 --param batch_sizes=2,8,32); the report says so")
@@ -43,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         return _list()
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     names = list(EXPERIMENTS) if args.name == "all" else [get_experiment(args.name).name]
     params = parse_key_values(args.param, "--param")
     if params and len(names) > 1:
@@ -64,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         payload = reproduce(name, quick=args.quick, out=out, data_dir=args.data_dir,
                             download=not args.no_download, seeds=args.seeds,
                             progress=not args.no_progress,
-                            command=command if len(names) == 1 else None, params=params)
+                            command=command if len(names) == 1 else None, params=params,
+                            jobs=args.jobs)
         print(f"\n== {name} ({payload['runtime']})")
         print(comparison_table(payload["paper_vs_normlab"], "see report.md"))
         print(f"wrote {out}/report.md, results.json and {', '.join(payload['plots'])}")

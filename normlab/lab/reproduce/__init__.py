@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ def load_spec_data(spec: ReproSpec, data_dir: str | os.PathLike | None = None,
 def reproduce(name: str, quick: bool = False, out: str | os.PathLike | None = None,
               data_dir: str | os.PathLike | None = None, download: bool = True,
               seeds: int | None = None, progress: bool = True,
-              command: str | None = None, params: dict | None = None) -> dict:
+              command: str | None = None, params: dict | None = None, jobs: int = 1) -> dict:
     """Run experiment ``name`` and write its report folder; returns the results payload.
 
     Args:
@@ -52,6 +53,8 @@ def reproduce(name: str, quick: bool = False, out: str | os.PathLike | None = No
         progress: show progress bars.
         command: the command line recorded in the report.
         params: replacements of the spec's parameters (see :meth:`ReproSpec.resolve`).
+        jobs: independent runs on this many single-threaded worker processes (bit-identical
+            to running them here; runs that record distributions stay in this process).
     """
     spec = get_experiment(name).resolve(quick, seeds, params)
     out = Path(out) if out is not None else (
@@ -60,6 +63,7 @@ def reproduce(name: str, quick: bool = False, out: str | os.PathLike | None = No
     command = command or f"normlab reproduce {name}" + (" --quick" if quick else "")
     start = time.perf_counter()
     data = load_spec_data(spec, data_dir, download)
-    outcome = RUNNERS[spec.runner](spec, data, out, progress)
+    data_spec = functools.partial(load_spec_data, spec, data_dir, download)
+    outcome = RUNNERS[spec.runner](spec, data, out, progress, jobs=jobs, data_spec=data_spec)
     seconds = time.perf_counter() - start
     return write_repro_report(spec, outcome, data, out, seconds, command, quick)

@@ -13,14 +13,17 @@ linearly scaled learning rate. The test set is evaluated after every epoch; with
 learning rate the accuracy after epoch ``e`` of an ``E``-epoch run *is* the result of an
 ``e``-epoch budget, so one run per cell gives the whole accuracy-vs-epoch-budget curve, and
 the report shows it so the reader can see whether the plateau was reached. A cell is "at its
-plateau" when its seed-mean accuracy moved by at most ``plateau_tol`` between half the budget
-and the full budget; a claim whose cells are not at their plateau gets "cannot tell".
+plateau" when its seed-mean accuracy over the budget's last quarter of epochs is at most
+``plateau_tol`` above its mean over the quarter before (:func:`plateau_gain`); a claim whose
+cells are not at their plateau gets "cannot tell".
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,7 +35,7 @@ from .plots import plot_batch_size, plot_epoch_budget
 from .runners import Outcome, _row, _runner, run_arms
 from .spec import ReproSpec
 
-__all__ = ["run_batch_size", "subset", "plateau_gain"]
+__all__ = ["run_batch_size", "subset", "plateau_gain", "load_subset"]
 
 
 def subset(data: Dataset, train: int | None, test: int | None, seed: int = 0) -> Dataset:
@@ -46,32 +49,49 @@ def subset(data: Dataset, train: int | None, test: int | None, seed: int = 0) ->
     return dataclasses.replace(data, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
 
 
+def load_subset(load: Callable[[], Dataset], train: int | None, test: int | None) -> Dataset:
+    """``subset(load(), train, test)``: what a ``--jobs`` worker calls to get the same data."""
+    return subset(load(), train, test)
+
+
 def plateau_gain(curve: list[float]) -> float:
-    """Accuracy gained in the second half of the budget: ``curve[-1] - curve[E/2]``, where
-    ``curve[e]`` is the accuracy after ``e`` epochs (``curve[0]``: before training)."""
+    """Accuracy gained over the last quarter of the budget: the mean accuracy after epochs
+    ``3E/4+1 .. E`` minus the mean after epochs ``E/2+1 .. 3E/4``, where ``curve[e]`` is the
+    accuracy after ``e`` epochs (``curve[0]``: before training).
+
+    Means over several epochs, not two single evaluations: one evaluation of a 2,000-image
+    test set moves by about a point from epoch to epoch at a plateau, so a difference of two
+    single points would call a flat curve rising (or a rising one flat) by chance.
+    """
     epochs = len(curve) - 1
-    if epochs < 2:
-        raise ValueError(f"need at least 2 epochs to judge a plateau, got {epochs}")
-    return float(curve[-1] - curve[epochs // 2])
+    if epochs < 4:
+        raise ValueError(f"need at least 4 epochs to judge a plateau, got {epochs}")
+    half, three_q = epochs // 2, (3 * epochs) // 4
+    return float(np.mean(curve[three_q + 1:]) - np.mean(curve[half + 1:three_q + 1]))
 
 
-def _train_cell(spec: ReproSpec, data: Dataset, model: str, batch: int, progress: bool):
+def _train_cell(spec: ReproSpec, data: Dataset, model: str, batch: int, progress: bool,
+                **execution):
     p = spec.params
     per_epoch = len(data.x_train) // batch
     cfg = dataclasses.replace(spec.config, model=model, batch_size=batch,
                               steps=per_epoch * int(p["epochs"]), eval_schedule="linear",
                               eval_every=per_epoch,
                               lr=spec.config.lr * batch / int(p["reference_batch"]))
-    return run_arms(cfg, data, spec.arms, range(spec.seeds), progress)
+    return run_arms(cfg, data, spec.arms, range(spec.seeds), progress, **execution)
 
 
 @_runner("batch_size")
-def run_batch_size(spec: ReproSpec, data: Dataset, out: Path, progress: bool) -> Outcome:
+def run_batch_size(spec: ReproSpec, data: Dataset, out: Path, progress: bool, jobs: int = 1,
+                   data_spec: Callable[[], Dataset] | None = None) -> Outcome:
     """Accuracy vs batch size after a fixed number of epochs, linear lr scaling."""
     p = spec.params
     sizes, epochs = list(p["batch_sizes"]), int(p["epochs"])
     tol = float(p.get("plateau_tol", 0.01))
     data = subset(data, p.get("train_subset"), p.get("test_subset"))
+    if data_spec is not None:
+        data_spec = functools.partial(load_subset, data_spec, p.get("train_subset"),
+                                      p.get("test_subset"))
     chance = 1.0 / data.num_classes
     o = Outcome()
     results: dict[str, dict] = {}
@@ -80,7 +100,7 @@ def run_batch_size(spec: ReproSpec, data: Dataset, out: Path, progress: bool) ->
         curves: dict[str, dict[int, list[float]]] = {a.label: {} for a in spec.arms}
         finals: dict[str, dict[int, list[float]]] = {a.label: {} for a in spec.arms}
         for b in sizes:
-            exp = _train_cell(spec, data, model, b, progress)
+            exp = _train_cell(spec, data, model, b, progress, jobs=jobs, data_spec=data_spec)
             o.experiments.append(exp)
             for label, runs in exp.runs.items():
                 padded = [r.test_acc + [chance] * (epochs + 1 - len(r.test_acc)) for r in runs]
@@ -98,7 +118,7 @@ def _analyse(spec, model, sizes, curves, finals, tol, o: Outcome, out: Path) -> 
     stds = {k: [mean_std(v[b])[1] for b in sizes] for k, v in finals.items()}
     spreads = {k: spread(dict(zip(sizes, means[k]))) for k in means}
     gains = {k: [plateau_gain(curves[k][b]) for b in sizes] for k in curves}
-    # flat[k][j]: method k at batch sizes[j] gained at most tol in the budget's second half
+    # flat[k][j]: method k at batch sizes[j] gained at most tol in the budget's last quarter
     flat = {k: [g <= tol for g in gains[k]] for k in gains}
     limit = float(spec.params.get("spread_tol", 0.01))
     o.plots.append(plot_batch_size(sizes, means, stds, out / f"accuracy_vs_batch_{model}.png",
@@ -153,7 +173,7 @@ def _tables(spec, model, sizes, means, stds, spreads, curves, gains, tol) -> str
     budgets = sorted({1 << i for i in range(epochs.bit_length()) if 1 << i <= epochs}
                      | {epochs})
     ep_head = ("| method | " + " | ".join(f"{e} ep" for e in budgets)
-               + " | largest gain, 2nd half | at plateau |")
+               + " | largest last-quarter gain | at plateau |")
     ep = [ep_head, "|---" * (len(budgets) + 3) + "|"]
     for k in curves:
         accs = [np.mean([curves[k][b][e] for b in sizes]) for e in budgets]
@@ -166,15 +186,17 @@ def _tables(spec, model, sizes, means, stds, spreads, curves, gains, tol) -> str
     gain += [f"| {k} | " + " | ".join(f"{100 * g:+.1f}" + ("" if g <= tol else " **")
                                       for g in gains[k]) + " |" for k in gains]
     steps = ", ".join(f"{b}: lr {lr * b / ref:.3g}" for b in sizes)
+    h, q = epochs // 2, (3 * epochs) // 4
     return (f"## {model}: test accuracy after {epochs} epochs, per batch size\n\n"
             + "\n".join(rows)
             + f"\n\nSpread: max - min over batch sizes of the seed-mean accuracy. Learning rate "
               f"per batch size (linear scaling from {lr:g} at batch {ref}): {steps}.\n\n"
             + f"## {model}: accuracy vs epoch budget (mean over batch sizes)\n\n"
             + "\n".join(ep)
-            + f"\n\nA cell is at its plateau when its seed-mean accuracy moved by at most "
-              f"{100 * tol:g} pp from epoch {epochs // 2} to epoch {epochs}; the column gives "
-              "the largest such gain over batch sizes. With a constant learning rate, the "
-              "accuracy after e epochs of the run is the result of an e-epoch budget.\n\n"
-            + f"Accuracy gained from epoch {epochs // 2} to {epochs} (pp; ** above the "
-              f"{100 * tol:g} pp plateau tolerance), per batch size:\n\n" + "\n".join(gain))
+            + f"\n\nA cell is at its plateau when its seed-mean accuracy, averaged over the "
+              f"budget's last quarter (epochs {q + 1}-{epochs}), is at most {100 * tol:g} pp "
+              f"above its average over the quarter before (epochs {h + 1}-{q}); the column "
+              "gives the largest such gain over batch sizes. With a constant learning rate, "
+              "the accuracy after e epochs of the run is the result of an e-epoch budget.\n\n"
+            + f"Last-quarter gain (pp; ** above the {100 * tol:g} pp plateau tolerance), "
+              f"per batch size:\n\n" + "\n".join(gain))

@@ -41,7 +41,8 @@ class Outcome:
     experiments: list[Experiment] = field(default_factory=list)
 
 
-Runner = Callable[[ReproSpec, Dataset, Path, bool], Outcome]
+# (spec, data, out, progress, jobs=, data_spec=) -> Outcome
+Runner = Callable[..., Outcome]
 RUNNERS: dict[str, Runner] = {}
 
 
@@ -53,11 +54,17 @@ def _runner(name: str):
 
 
 def run_arms(config: TrainConfig, data: Dataset, arms: Sequence[Arm], seeds: Sequence[int],
-             progress: bool, **instrument) -> Experiment:
+             progress: bool, *, jobs: int = 1, data_spec: Callable | None = None,
+             **instrument) -> Experiment:
     """Train every arm from every seed; arms with their own model run as their own group.
 
-    ``instrument`` goes to :class:`Instrumented` (recording, lr schedule).
+    ``instrument`` goes to :class:`Instrumented` (recording, lr schedule). ``jobs > 1`` runs
+    on that many single-threaded worker processes, which load the data with ``data_spec``
+    (a picklable callable returning ``data``); runs that record (``instrument``) stay in
+    this process, where their recorders live.
     """
+    if instrument.get("record_every") or data_spec is None:
+        jobs = 1
     methods = {a.label: Instrumented(create_method(a.method, **dict(a.options)), **instrument)
                for a in arms}
     runs: dict[str, list] = {a.label: [] for a in arms}
@@ -66,7 +73,8 @@ def run_arms(config: TrainConfig, data: Dataset, arms: Sequence[Arm], seeds: Seq
         groups.setdefault(arm.model or config.model, []).append(arm)
     for model, group in groups.items():
         part = run_experiment(dataclasses.replace(config, model=model), data,
-                              {a.label: methods[a.label] for a in group}, seeds, progress)
+                              {a.label: methods[a.label] for a in group}, seeds, progress,
+                              jobs=jobs, data_spec=data_spec)
         runs.update(part.runs)
     return Experiment(config, data, methods, list(seeds), runs)
 
@@ -86,12 +94,14 @@ def _row(claim, ours: str, ok: bool | None) -> dict:
 # --------------------------------------------------------------------------- compare
 
 @_runner("compare")
-def run_compare(spec: ReproSpec, data: Dataset, out: Path, progress: bool) -> Outcome:
+def run_compare(spec: ReproSpec, data: Dataset, out: Path, progress: bool,
+                **execution) -> Outcome:
     """Methods side by side (Figures 1 and 3; PointNet's speed-up table)."""
     halve = spec.params.get("lr_halve_every_epochs")
     steps_per_epoch = len(data.x_train) // spec.config.batch_size
     extra = {"lr_halve_every": halve * steps_per_epoch} if halve else {}
-    exp = run_arms(spec.config, data, spec.arms, range(spec.seeds), progress, **extra)
+    exp = run_arms(spec.config, data, spec.arms, range(spec.seeds), progress, **extra,
+                   **execution)
     rows = summarize(exp, "none")
     by = {r["method"]: r for r in rows}
     o = Outcome(experiments=[exp])
@@ -134,12 +144,13 @@ def run_compare(spec: ReproSpec, data: Dataset, out: Path, progress: bool) -> Ou
 # --------------------------------------------------------------------------- weight sweep
 
 @_runner("weight_sweep")
-def run_weight_sweep(spec: ReproSpec, data: Dataset, out: Path, progress: bool) -> Outcome:
+def run_weight_sweep(spec: ReproSpec, data: Dataset, out: Path, progress: bool,
+                     **execution) -> Outcome:
     """Final accuracy over a log grid of standardization-loss weights (Figure 2, bottom)."""
     weights = sorted(spec.params["weights"])
     arms = [Arm("none", "none")] + [Arm(f"std_loss w={w:g}", "std_loss", {"weight": w})
                                     for w in weights]
-    exp = run_arms(spec.config, data, arms, range(spec.seeds), progress)
+    exp = run_arms(spec.config, data, arms, range(spec.seeds), progress, **execution)
     rows = {r["method"]: r for r in summarize(exp, "none")}
     means = [rows[a.label]["final_acc_mean"] for a in arms[1:]]
     stds = [rows[a.label]["final_acc_std"] for a in arms[1:]]
@@ -179,10 +190,11 @@ def _mean_recording(method: Instrumented) -> dict:
 
 
 @_runner("distributions")
-def run_distributions(spec: ReproSpec, data: Dataset, out: Path, progress: bool) -> Outcome:
+def run_distributions(spec: ReproSpec, data: Dataset, out: Path, progress: bool,
+                      **execution) -> Outcome:
     """Pre-activation percentiles over training (Figure 4; the BN paper's Figure 1)."""
     p = spec.params
-    exp = run_arms(spec.config, data, spec.arms, range(spec.seeds), progress,
+    exp = run_arms(spec.config, data, spec.arms, range(spec.seeds), progress, **execution,
                    record_every=p["record_every"], percentiles=p["percentiles"],
                    unit=p.get("unit"))
     rows = {r["method"]: r for r in summarize(exp, "none")}
