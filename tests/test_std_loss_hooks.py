@@ -80,8 +80,8 @@ def test_nothing_computed_in_eval_or_no_grad(monkeypatch):
     import normlab.losses.standardization as mod
 
     calls = []
-    real = mod.tap_moments
-    monkeypatch.setattr(mod, "tap_moments", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = mod.tap
+    monkeypatch.setattr(mod, "tap", lambda *a, **k: calls.append(1) or real(*a, **k))
     model = small_cnn()
     std = StandardizationLoss(model)
     model.eval()
@@ -126,3 +126,27 @@ def test_inference_of_trained_model_equals_bare_model():
     bare = model(x)
     with StandardizationLoss(model):
         assert torch.equal(model(x), bare)
+
+
+@pytest.mark.parametrize("rows", [128, 20000])  # both sides of taps.FUSED_ROWS
+def test_linear_taps_match_float64_far_from_zero(rows):
+    """|mu| = 1000 in float32: the tap's moments (one fused call for short columns, the
+    cascaded mean for long ones) give the float64 loss and weight gradient."""
+    torch.manual_seed(0)
+    lin, head = nn.Linear(8, 6), nn.Linear(6, 2)
+    with torch.no_grad():
+        lin.bias.fill_(1000.0)
+    model = nn.Sequential(lin, nn.ReLU(inplace=True), head)
+    std = StandardizationLoss(model)
+    x = torch.randn(rows, 8)
+    model(x)
+    loss = std()
+    loss.backward()
+    w64 = lin.weight.detach().double().requires_grad_()
+    y64 = x.double() @ w64.T + lin.bias.detach().double()
+    mu = y64.sum(0) / rows
+    var = ((y64 - mu) ** 2).sum(0) / rows
+    ref = 0.5 * (mu ** 2 + var - torch.log(var + 1e-5) - 1).sum()
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=2e-6)
+    torch.testing.assert_close(lin.weight.grad.double(), w64.grad, rtol=1e-4, atol=1e-3)

@@ -52,7 +52,7 @@ from ..functional.standardization import (
 from ..nn_types import WEIGHT_LAYERS
 from .hooks import LayerHook, RootHook
 from .selection import LayerSpec, channel_dim_of, select_layers
-from .taps import MomentSum, tap_moments
+from .taps import StandardizationSum, tap
 
 __all__ = ["StandardizationLoss", "select_layers", "WEIGHT_LAYERS", "STATS", "REDUCTIONS"]
 
@@ -186,8 +186,9 @@ class StandardizationLoss:
                     else self.layer_loss(output, cd))
             self._pending.append((index, term, channels))
             return output.clone()  # the term's graph keeps `output`: in-place ops get a copy
-        out, mean, var = tap_moments(output, cd % len(shape))
-        self._pending.append((index, mean, var, per_channel))
+        cd = cd % len(shape)
+        out, mean, var = tap(output, cd)
+        self._pending.append((index, mean, var, per_channel, output, cd))
         return out
 
     def _on_root_forward(self, module: nn.Module) -> None:
@@ -245,7 +246,7 @@ class StandardizationLoss:
         if not pending:
             self._read = ()
             return torch.zeros(())
-        fast = [e for e in pending if len(e) == 4]
+        fast = [e for e in pending if len(e) == 6]
         terms = [e for e in pending if len(e) == 3]
         sizes = [e[1].numel() for e in fast]
         total = sum(sizes) + sum(e[2] for e in terms)
@@ -253,11 +254,13 @@ class StandardizationLoss:
         loss = per_channel = None
         if fast:
             inv_m = self._inv_counts(fast, sizes)
-            moments = [e[1] for e in fast] + [e[2] for e in fast]
-            loss, per_channel = MomentSum.apply(scale, self.eps, inv_m, sizes, *moments)
+            taps = [(e[1], e[2], e[5]) for e in fast]
+            loss, per_channel = StandardizationSum.apply(scale, self.eps, inv_m, taps,
+                                                         *(e[4] for e in fast))
         for e in terms:
             loss = e[1] * scale if loss is None else loss + e[1] * scale
-        self._read = (fast, sizes, per_channel, terms)
+        # What values() reads: (layer index, channels' count M) of each tap, not the outputs.
+        self._read = ([(e[0], e[3]) for e in fast], sizes, per_channel, terms)
         return loss
 
     def _inv_counts(self, fast: list[tuple], sizes: list[int]) -> Tensor:
@@ -269,7 +272,7 @@ class StandardizationLoss:
             if len(self._inv_m) > 16:
                 self._inv_m.clear()
             inv = torch.cat([torch.full((c,), 1.0 / m, dtype=ref.dtype, device=ref.device)
-                             for c, (*_, m) in zip(sizes, fast)])
+                             for c, m in zip(sizes, (e[3] for e in fast))])
             self._inv_m[key] = inv
         return inv
 

@@ -1,4 +1,4 @@
-"""The standardization loss of many hooked outputs as two autograd functions: taps and a sum.
+"""The standardization loss of many hooked outputs as one autograd node per read.
 
 Collins, Ballé & Shlens, "Accelerating Training of Deep Neural Networks with a Standardization
 Loss", 2019, arXiv:1903.00925 (eq. 1-2): for each channel ``c`` of a pre-activation ``x``
@@ -7,23 +7,22 @@ with ``M`` values, mean ``mu_c``, biased variance ``var_c`` and ``r_c = var_c + 
     L = 0.5 * sum_c (mu_c^2 + var_c - log r_c - 1),  dL/dx = a_c * x + b_c,
     a_c = (1 - 1/r_c) / M,  b_c = mu_c / (M r_c).
 
-The gradient is affine in ``x`` per channel, so a hooked output costs two things: its moments
-in forward and one ``a * x + b`` pass in backward.
+The gradient is affine in ``x`` per channel, so a hooked output costs its moments in forward
+and one ``a * x + b`` pass in backward, and nothing else needs autograd:
 
-- :class:`MomentTap` (one per hooked output) computes ``(mu, var)`` and hands the network a
-  *copy* of ``x``: the loss keeps ``x`` for its backward, and in-place activations after the
-  layer (``ReLU(inplace=True)``, ``out += identity``) overwrite the copy, never what the loss
-  saved. Peak memory is then that of BatchNorm, which also keeps its input beside the output
-  the activation overwrites.
-- :class:`MomentSum` (one per read of the loss) concatenates the moments of every tap since the
-  last read and computes the loss of all channels in a handful of vectorized ops, and in
-  backward the coefficients ``a_c``, ``b_c`` of all of them at once.
+- :func:`tap` (in the layer's forward hook) takes the output's moments *outside* autograd and
+  hands the network a copy of the output: the loss keeps the output itself for its backward,
+  and in-place activations after the layer (``ReLU(inplace=True)``, ``out += identity``)
+  overwrite the copy, never what the loss keeps. Peak memory is that of BatchNorm, which also
+  keeps its input beside the output the activation overwrites.
+- :class:`StandardizationSum` (one per read of the loss) takes every output tapped since the
+  last read as its inputs and their moments as constants: forward computes the loss of all
+  channels in a handful of vectorized ops, backward the coefficients ``a_c``, ``b_c`` of all
+  channels at once and then each output's ``a * x + b``.
 
-The taps' moment outputs are private tokens between the two functions: their "gradients" are
-the coefficients ``(b_c, a_c)``, which are the exact gradients of ``L`` with respect to the raw
-moment sums ``(sum_i x_i, 0.5 sum_i x_i^2)`` the tokens stand for (``dL/dx_i = b_c + a_c x_i``);
-their values are the two-pass moments, so the loss itself is as exact as
-:func:`normlab.functional.standardization_loss`. Only :class:`MomentSum` consumes them.
+One Python autograd node per step instead of one per layer plus one per read: on the paper's
+3x100 MLP (batch 128, one thread) the per-layer nodes, not the arithmetic, were most of the
+loss's cost (``python -m normlab.lab.bench.cpu_time --models mlp``).
 """
 
 from __future__ import annotations
@@ -34,85 +33,94 @@ from torch.autograd.function import once_differentiable
 
 from ..functional.standardization import _channel_stats
 
-__all__ = ["MomentTap", "MomentSum", "tap_moments"]
+__all__ = ["tap", "StandardizationSum", "affine_grad"]
 
 
-class MomentTap(torch.autograd.Function):
-    """``x -> (copy of x, mu, var)``; backward adds ``a * x + b`` to the copy's gradient."""
+_HALF = (torch.float16, torch.bfloat16)
 
-    @staticmethod
-    def forward(ctx, x: Tensor, cd: int):
-        rows, mean, var = _channel_stats(x, cd)
-        ctx.save_for_backward(rows)
-        ctx.cd, ctx.shape = cd, x.shape
-        # Coefficients never reached (a dropped logit layer, an unread forward) arrive as None.
-        ctx.set_materialize_grads(False)
-        return x.clone(), mean, var
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor | None, b: Tensor | None, a: Tensor | None):
-        if a is None:
-            return grad, None
-        (rows,) = ctx.saved_tensors
-        cd, shape = ctx.cd, ctx.shape
-        if rows.dim() == 2 and cd == len(shape) - 1:
-            term = torch.addcmul(b, rows, a).view(shape)
-        elif cd == 1:
-            # x * a + b per channel as an inference-mode batch norm (mean 0, var 1, eps 0):
-            # one vectorized pass over channel-major data, 1.3-3.6x faster than addcmul.
-            zeros = torch.zeros_like(a)
-            term = torch.native_batch_norm(rows, a, b, zeros, zeros + 1, False, 0.0, 0.0)[0]
-        else:
-            view = [1] * len(shape)
-            view[cd] = -1
-            term = torch.addcmul(b.view(view), rows, a.view(view))
-        return (term if grad is None else term.add_(grad)), None
+#: Up to this many rows per channel, channels-last moments come from one
+#: ``batch_norm_update_stats`` call (mean and two-pass variance together). Its row-by-row mean
+#: loses accuracy as rows grow (at ``|mu| = 1000`` in float32: 2e-7 relative at 128 rows,
+#: 1e-6 at 4,096, 4e-6 at 65,536, against about 1e-7 for torch's cascaded ``mean``), so
+#: longer columns take the cascaded mean. On the paper's 100-unit MLP the one call instead
+#: of two is about a third of the loss's cost in a training step.
+FUSED_ROWS = 8192
 
 
-def tap_moments(x: Tensor, cd: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``MomentTap`` with half inputs reduced in float32 (the copy keeps ``x``'s dtype)."""
-    if x.dtype in (torch.float16, torch.bfloat16):
-        out = x.clone()
-        _, mean, var = MomentTap.apply(x.float(), cd)
-        return out, mean, var
-    return MomentTap.apply(x, cd)
+def tap(x: Tensor, cd: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(copy of x for the network, mu, var)``; the moments are constants (taken from a
+    detached view, so no graph), in float32 for half inputs."""
+    d = x.detach()
+    if d.dtype in _HALF:
+        d = d.float()
+    if cd == d.dim() - 1 and d.numel() <= FUSED_ROWS * d.shape[cd]:
+        mean, var = torch.batch_norm_update_stats(d.reshape(-1, d.shape[cd]), None, None, 0.0)
+    else:
+        _, mean, var = _channel_stats(d, cd)
+    return x.clone(), mean, var
 
 
-class MomentSum(torch.autograd.Function):
-    """``scale * 0.5 * sum_c (mu^2 + var - log(var + eps) - 1)`` over the taps' channels.
+def affine_grad(x: Tensor, cd: int, a: Tensor, b: Tensor) -> Tensor:
+    """``x * a + b`` with ``a``, ``b`` per channel of dim ``cd``, in ``x``'s dtype."""
+    out_dtype = x.dtype
+    if x.dtype in _HALF:
+        x = x.float()
+    if cd == x.dim() - 1:
+        term = torch.addcmul(b, x, a)
+    elif cd == 1:
+        # x * a + b per channel as an inference-mode batch norm (mean 0, var 1, eps 0):
+        # one vectorized pass over channel-major data, 1.3-3.6x faster than addcmul.
+        zeros = torch.zeros_like(a)
+        term = torch.native_batch_norm(x, a, b, zeros, zeros + 1, False, 0.0, 0.0)[0]
+    else:
+        view = [1] * x.dim()
+        view[cd] = -1
+        term = torch.addcmul(b.view(view), x, a.view(view))
+    return term.to(out_dtype)
+
+
+class StandardizationSum(torch.autograd.Function):
+    """``scale * 0.5 * sum_c (mu^2 + var - log(var + eps) - 1)`` over the tapped channels.
 
     Args (of ``apply``):
         scale: a Python float (weight, and 1/channels for the mean reduction).
         eps: inside the log.
-        inv_m: ``(C_total,)`` tensor of ``1/M`` of each channel's tap.
-        sizes: channels per tap, in order.
-        *moments: every tap's mean, then every tap's variance.
+        inv_m: ``(C_total,)`` tensor of ``1/M`` of each channel's output.
+        taps: ``[(mean, var, channel_dim), ...]``, one per output, in order (constants).
+        *outputs: the tapped outputs themselves (what the gradient flows into).
 
     Returns ``(loss, terms)``; ``terms`` (not differentiable) holds each channel's
     ``mu^2 + var - log(var + eps) - 1``, for per-layer logging.
     """
 
     @staticmethod
-    def forward(ctx, scale: float, eps: float, inv_m: Tensor, sizes: list[int], *moments):
-        n = len(sizes)
-        mean = torch.cat(moments[:n]) if n > 1 else moments[0]
-        r = (torch.cat(moments[n:]) if n > 1 else moments[n]) + eps
+    def forward(ctx, scale: float, eps: float, inv_m: Tensor, taps: list, *outputs: Tensor):
+        if len(taps) > 1:
+            mean = torch.cat([t[0] for t in taps])
+            r = torch.cat([t[1] for t in taps]).add_(eps)
+        else:
+            mean, r = taps[0][0], taps[0][1] + eps
         terms = torch.addcmul(r - torch.log(r), mean, mean).sub_(1.0 + eps)
         loss = terms.sum().mul_(0.5 * scale)
-        ctx.save_for_backward(mean, r, inv_m)
-        ctx.scale, ctx.sizes = scale, sizes
+        ctx.save_for_backward(mean, r, inv_m, *outputs)
+        ctx.scale = scale
+        ctx.layout = [(t[0].numel(), t[2]) for t in taps]
         ctx.mark_non_differentiable(terms)
         ctx.set_materialize_grads(False)  # no zeros for the terms' (absent) gradient
         return loss, terms
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor, _terms_grad):
-        mean, r, inv_m = ctx.saved_tensors
+    def backward(ctx, grad: Tensor | None, _terms_grad):
+        nothing = (None,) * (4 + len(ctx.layout))
+        if grad is None:
+            return nothing
+        mean, r, inv_m, *outputs = ctx.saved_tensors
         g = inv_m * (grad * ctx.scale)
         q = r.reciprocal_().mul_(g)  # r is not needed again: once-differentiable
         a = g.sub_(q)
         b = q.mul_(mean)
-        sizes = ctx.sizes
-        return (None, None, None, None, *b.split(sizes), *a.split(sizes))
+        sizes = [n for n, _ in ctx.layout]
+        grads = [affine_grad(x, cd, ai, bi) for x, (_, cd), ai, bi
+                 in zip(outputs, ctx.layout, a.split(sizes), b.split(sizes))]
+        return (None, None, None, None, *grads)
