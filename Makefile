@@ -14,7 +14,7 @@ export MALLOC_TRIM_THRESHOLD_ := 4294967296
 demo: install data
 	$(BIN)/normlab compare --model cnn --dataset fashion_mnist \
 		--methods none,batch_norm,std_loss --seeds 10 --steps 1000 \
-		--channels-last --jobs 2 --out results/demo
+		--channels-last --jobs 2 --out results/demo --overwrite
 
 test: install data
 	$(BIN)/python -m pytest -q
