@@ -21,9 +21,15 @@ REPORT_FILES = ("results.json", "report.md", "accuracy.png", "loss.png", "batch_
 
 
 def _fmt_speedup(row: dict) -> str:
-    if row["method"] == row["baseline"]:
+    reason = row.get("speedup_reason")
+    if row["method"] == row["baseline"] and not reason:
         return "1.00x (baseline)"
-    return format_speedup(row["speedup"], row.get("speedup_at_cap", False))
+    return format_speedup(row["speedup"], row.get("speedup_at_cap", False), reason)
+
+
+def _single_method(rows: list[dict]) -> bool:
+    """One method only: its speed-up would be against itself, so tables leave it out."""
+    return len({r["method"] for r in rows}) == 1
 
 
 def _fmt_steps(steps: float | None) -> str:
@@ -44,23 +50,26 @@ def _metric_title(rows: list[dict]) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """The markdown table of a summary (one row per method, and batch size if several), then
-    its resolution line."""
+    its resolution line; with one method, no speed-up column and no resolution line."""
     sweep = len({r.get("batch_size") for r in rows}) > 1
+    single = _single_method(rows)
     lines = [
         ("| batch | " if sweep else "| ") + f"method | final test {_metric_title(rows)} "
-        "(mean ± std) | steps to baseline's best | speed-up | s/run |",
-        "|---" * (6 if sweep else 5) + "|",
+        "(mean ± std) | steps to baseline's best | " + ("" if single else "speed-up | ")
+        + "s/run |",
+        "|---" * (5 + sweep - single) + "|",
     ]
     for r in rows:
-        steps = _fmt_steps(r["steps_to_target"])
+        steps = "–" if r.get("speedup_reason") else _fmt_steps(r["steps_to_target"])
         acc = _fmt_value(r, r["final_acc_mean"], r["final_acc_std"])
         if r["diverged_seeds"]:
             acc += f" ({len(r['diverged_seeds'])} diverged)"
         lines.append(("| " + str(r["batch_size"]) + " " if sweep else "")
-                     + f"| {r['method']} | {acc} | {steps} | {_fmt_speedup(r)} "
-                     f"| {r['seconds_per_run']:.1f} |")
+                     + f"| {r['method']} | {acc} | {steps} | "
+                     + ("" if single else f"{_fmt_speedup(r)} | ")
+                     + f"{r['seconds_per_run']:.1f} |")
     resolutions = list(dict.fromkeys(r["resolution"] for r in rows if r.get("resolution")))
-    if resolutions:
+    if resolutions and not single:
         lines += ["", *resolutions]
     return "\n".join(lines)
 
@@ -184,13 +193,17 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
           if sweep else []),
         format_table(rows),
         "",
-        f"Speed-up (arXiv:1903.00925): steps `{rows[0]['baseline']}` needs to reach its best "
-        f"seed-mean test {rows[0]['metric']} ("
-        + ("at each batch size" if sweep else _fmt_value(rows[0], rows[0]["target_acc"]))
-        + "), divided by the steps each method's seed-mean curve needs to reach it (interpolated "
-        "linearly between evaluations); 'never' if it does not within the budget. A diverged run counts at chance accuracy (regression: "
-        "the untrained error) from then on.",
-        "",
+        *([] if _single_method(rows) else [
+            f"Speed-up (arXiv:1903.00925): steps `{rows[0]['baseline']}` needs to reach its "
+            f"best seed-mean test {rows[0]['metric']} ("
+            + ("at each batch size" if sweep else _fmt_value(rows[0], rows[0]["target_acc"]))
+            + "), divided by the steps each method's seed-mean curve needs to reach it "
+            "(interpolated linearly between evaluations); 'never' if it does not within the "
+            "budget; none at all when the baseline diverged in every seed or never beat its "
+            "untrained model (and, classifying, a constant prediction of the commonest class). "
+            "A diverged run counts at chance accuracy (regression: the untrained error) from "
+            "then on.",
+            ""]),
         *_recovered(rows),
         "![test accuracy](accuracy.png)",
         "",
