@@ -1,5 +1,5 @@
 """What the results folder and the printed tables say: no speed-up against a baseline that
-diverged or never learned, no speed-up column for one method."""
+diverged or never learned, no speed-up column for one method, the auxiliary-loss plot."""
 
 import json
 import types
@@ -88,7 +88,7 @@ def test_a_baseline_that_diverged_is_named_in_tables_and_results(tmp_path, capsy
         assert "1.00x" not in text
 
 
-def test_one_method_has_no_speedup_column(tmp_path, capsys):
+def test_one_method_has_no_speedup_column_and_gets_its_aux_loss_plot(tmp_path, capsys):
     out = tmp_path / "one"
     assert main(["run", "--method", "std_loss", "--seeds", "1", "--out", str(out), *FAST]) == 0
     printed = capsys.readouterr().out
@@ -98,11 +98,27 @@ def test_one_method_has_no_speedup_column(tmp_path, capsys):
         assert "speed-up |" not in text and "1.00x" not in text and "Resolution:" not in text
     header = next(line for line in printed.splitlines() if line.startswith("| method"))
     assert header.count("|") == 5  # method, final acc, steps, s/run
+    # The auxiliary loss (the weighted standardization loss) is plotted and linked.
+    assert (out / "aux_loss.png").read_bytes()[:8] == PNG
+    assert "(aux_loss.png)" in report and "aux_loss.png" in printed
+    assert json.loads((out / "results.json").read_text())["plots"] == [
+        "accuracy.png", "loss.png", "aux_loss.png"]
 
 
-def test_compare_of_one_method_has_no_speedup_column(tmp_path, capsys):
+def test_compare_of_one_method_has_no_speedup_column_and_no_aux_plot(tmp_path, capsys):
     out = tmp_path / "one"
     assert main(["compare", "--methods", "batch_norm", "--seeds", "1", "--out", str(out),
                  *FAST]) == 0
     printed = capsys.readouterr().out
     assert "| batch_norm |" in printed and "speed-up |" not in printed
+    assert not (out / "aux_loss.png").exists()
+
+
+def test_methods_without_an_auxiliary_loss_get_no_aux_plot(tmp_path, capsys):
+    out = tmp_path / "plain"
+    assert main(["compare", "--methods", "none,batch_norm", "--seeds", "1", "--out", str(out),
+                 *FAST]) == 0
+    assert (out / "loss.png").exists() and not (out / "aux_loss.png").exists()
+    assert "aux_loss" not in (out / "report.md").read_text()
+    assert "aux_loss" not in capsys.readouterr().out
+    assert "speed-up |" in (out / "report.md").read_text()  # two methods: the column stays

@@ -10,14 +10,15 @@ from pathlib import Path
 
 from .atomic import atomic_write
 from .experiment import Experiment, data_info, environment, summarize
-from .plots import plot_accuracy, plot_batch_sizes, plot_losses
+from .plots import plot_accuracy, plot_aux_loss, plot_batch_sizes, plot_losses
 from .metrics import format_speedup, recovered_fraction
 
 __all__ = ["write_report", "format_table", "format_batch_table", "json_safe", "REPORT_FILES"]
 
 # What write_report puts in a results folder (normlab.lab.outdir.claim_out refuses to mix
 # them with an earlier run's).
-REPORT_FILES = ("results.json", "report.md", "accuracy.png", "loss.png", "batch_size.png")
+REPORT_FILES = ("results.json", "report.md", "accuracy.png", "loss.png", "aux_loss.png",
+                "batch_size.png")
 
 
 def _fmt_speedup(row: dict) -> str:
@@ -126,7 +127,9 @@ def _run_record(run, chance: float) -> dict:
 
 def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
                  command: str | None = None, threads: int | None = None) -> dict:
-    """Write ``results.json``, ``report.md``, ``accuracy.png`` and ``loss.png`` into ``out``.
+    """Write ``results.json``, ``report.md``, ``accuracy.png``, ``loss.png``,
+    ``aux_loss.png`` (when a method has an auxiliary loss) and, for a batch-size sweep,
+    ``batch_size.png`` into ``out``; ``payload["plots"]`` names the PNGs written.
 
     ``threads``: the torch threads each run used when not this process's count (runs in
     single-threaded worker processes, ``--jobs``)."""
@@ -155,6 +158,9 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
     }
     plot_accuracy(exp, out / "accuracy.png")
     plot_losses(exp, out / "loss.png")
+    aux_plot = plot_aux_loss(exp, out / "aux_loss.png")  # None: no method has one
+    payload["plots"] = ["accuracy.png", "loss.png"] + (["aux_loss.png"] if aux_plot else []) + (
+        ["batch_size.png"] if sweep else [])
     if sweep:
         plot_batch_sizes(exp, rows, out / "batch_size.png")
     cfg = exp.config
@@ -209,6 +215,7 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
         "",
         "![losses](loss.png)",
         "",
+        *(["![auxiliary loss](aux_loss.png)", ""] if aux_plot else []),
         f"Environment: torch {payload['environment']['torch']}, "
         f"{payload['environment']['platform']}, {payload['environment']['torch_threads']} threads.",
     ]
