@@ -69,6 +69,10 @@ def test_weight_option_reaches_the_loss_method(tmp_path):
     (["compare", "--methods", "none,none"], "named twice"),
     (["run", "--method", "none", "--weight", "0.1"], "taken by none of the methods"),
     (["run", "--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
+    (["run", "--dataset", "synthetic", "--data-dir", "data"],
+     "--data-dir: the synthetic dataset is generated, it takes no data folder"),
+    (["compare", "--dataset", "shapes3d", "--model", "pointnet", "--data-dir", "data"],
+     "--data-dir: the shapes3d dataset is generated, it takes no data folder"),
 ])
 def test_bad_input_gives_one_clear_line(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "x"), "--steps", "2", "--no-progress"]) == 2

@@ -42,8 +42,8 @@ from .runstore import RunStore, fingerprint
 from .train import (METRICS, RunResult, Trainer, build_run_model, eval_schedule,
                     evaluate_stream, example_batch, train)
 
-__all__ = ["Experiment", "run_experiment", "summarize", "environment", "scaled_lr",
-           "LR_SCALING", "estimate_seconds", "data_info"]
+__all__ = ["Experiment", "run_experiment", "summarize", "baseline_failure", "environment",
+           "scaled_lr", "LR_SCALING", "estimate_seconds", "data_info"]
 
 LR_SCALING = ("none", "linear")
 
@@ -272,12 +272,50 @@ def _fill(exp: Experiment, runs: list[RunResult]) -> float:
     return 1.0 / classes if classes else 0.0
 
 
+def _constant_accuracy(data) -> float:
+    """The test accuracy of a model that always predicts the commonest test class: what a
+    classifier scores without learning anything (``1 / classes`` without test labels)."""
+    labels = getattr(data, "y_test", None)
+    if labels is not None and len(labels):
+        return float(torch.bincount(torch.as_tensor(labels).flatten().long()).max()) / len(labels)
+    classes = getattr(data, "num_classes", 0)
+    return 1.0 / classes if classes else 0.0
+
+
+def baseline_failure(exp: Experiment, runs: list[RunResult], curve: Sequence[float],
+                     higher: bool) -> str | None:
+    """Why the baseline's seed-mean ``curve`` gives no speed-up, or ``None`` when it does.
+
+    A speed-up counts the steps to the baseline's best value, which means nothing when the
+    baseline never improved on its untrained model (best at step 0) or, in classification,
+    never beat a constant prediction of the commonest class: "baseline did not learn"
+    ("baseline diverged" when a seed stopped on a non-finite loss). Nor when every seed
+    diverged: its best is then a transient before the failure ("baseline diverged").
+    """
+    if not curve:
+        return "baseline has no evaluations"
+    diverged = [r for r in runs if r.diverged_at is not None]
+    if runs and len(diverged) == len(runs):
+        return "baseline diverged"
+    sign = 1.0 if higher else -1.0
+    best = max(sign * v for v in curve)
+    learned = best > sign * curve[0]
+    if exp.task == "classification":
+        learned = learned and best > _constant_accuracy(exp.dataset)
+    if learned:
+        return None
+    return "baseline diverged" if diverged else "baseline did not learn"
+
+
 def summarize(exp: Experiment, baseline: str | None = "none") -> list[dict]:
     """One row per (batch size, method): final test metric mean/std, best value, speed-up vs
     ``baseline`` at the same batch size.
     Each row also has ``speedup_at_cap``, the ``speedup_min``/``speedup_max`` the evaluation
     schedule can show and the ``resolution`` sentence every speed-up table prints (see
-    :mod:`normlab.lab.metrics`).
+    :mod:`normlab.lab.metrics`). When the baseline gives no speed-up
+    (:func:`baseline_failure`), every row at that batch size has ``speedup`` and
+    ``steps_to_target`` ``None``, the reason in ``speedup_reason`` (else ``None``) and a
+    ``resolution`` sentence saying so.
 
     Without the baseline among the methods (or ``baseline=None``) the first method is used.
     """
@@ -292,11 +330,18 @@ def summarize(exp: Experiment, baseline: str | None = "none") -> list[dict]:
         fills = {k: _fill(exp, runs) for k, runs in group.items()}
         curves = {k: mean_curve([r.test_acc for r in runs], fill=fills[k], length=len(steps))
                   for k, runs in group.items()}
+        reason = baseline_failure(exp, group[base], curves[base], higher)
         for label, runs in group.items():
             finals = [r.test_acc[-1] if r.diverged_at is None else fills[label] for r in runs]
             acc_mean, acc_std = mean_std(finals)
             sp = speedup(steps, [sign * v for v in curves[base]],
                          [sign * v for v in curves[label]])
+            resolution = resolution_text(steps, base, sp["baseline_steps"])
+            if reason is not None:
+                sp |= {"speedup": None, "method_steps": None, "at_cap": False}
+                resolution = (f"No speed-ups{f' at batch {b}' if len(exp.batch_sizes) > 1 else ''}"
+                              f": {reason} (`{base}`), so the steps to its best "
+                              f"{metric} measure nothing.")
             method = exp.methods[label]
             rows.append({
                 "method": label,
@@ -316,7 +361,8 @@ def summarize(exp: Experiment, baseline: str | None = "none") -> list[dict]:
                 "speedup_at_cap": sp["at_cap"],
                 "speedup_min": sp["speedup_min"],
                 "speedup_max": sp["speedup_max"],
-                "resolution": resolution_text(steps, base, sp["baseline_steps"]),
+                "speedup_reason": reason,
+                "resolution": resolution,
                 "diverged_seeds": [r.seed for r in runs if r.diverged_at is not None],
                 "seconds_per_run": float(np.mean([r.seconds for r in runs])),
                 "seeds": len(runs),

@@ -87,8 +87,12 @@ def speedup(
             "speedup_min": low, "speedup_max": high}
 
 
-def format_speedup(value: float | None, at_cap: bool = False) -> str:
-    """``"3.33x"``, ``"≥ 1000.00x"`` at the cap, or ``"never"``."""
+def format_speedup(value: float | None, at_cap: bool = False, reason: str | None = None
+                   ) -> str:
+    """``"3.33x"``, ``"≥ 1000.00x"`` at the cap, ``"never"``, or ``reason`` when there is
+    no speed-up to measure (e.g. "baseline diverged")."""
+    if reason:
+        return reason
     if value is None:
         return "never"
     return f"≥ {value:.2f}x" if at_cap else f"{value:.2f}x"

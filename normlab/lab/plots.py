@@ -1,4 +1,5 @@
-"""PNG plots of an experiment: test accuracy and losses vs step, mean over seeds with a band."""
+"""PNG plots of an experiment: test accuracy, losses and the auxiliary loss vs step, mean over
+seeds with a band."""
 
 from __future__ import annotations
 
@@ -11,19 +12,23 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..methods.base import Method  # noqa: E402
 from .atomic import atomic_savefig  # noqa: E402
 from .experiment import Experiment  # noqa: E402
 from .train import eval_schedule  # noqa: E402
 
-__all__ = ["plot_accuracy", "plot_losses", "plot_batch_sizes"]
+__all__ = ["plot_accuracy", "plot_losses", "plot_aux_loss", "aux_loss_groups",
+           "plot_batch_sizes"]
 
 
-def _groups(exp: Experiment) -> dict[str, list]:
-    """Runs per curve: per method, or per (method, batch size) in a batch-size sweep."""
+def _groups(exp: Experiment, labels=None) -> dict[str, list]:
+    """Runs per curve: per method, or per (method, batch size) in a batch-size sweep; only
+    the methods in ``labels`` when given."""
+    runs_of = {k: v for k, v in exp.runs.items() if labels is None or k in labels}
     if len(exp.batch_sizes) == 1:
-        return dict(exp.runs)
+        return runs_of
     return {f"{k} bs{b}": [r for r in runs if r.batch_size == b]
-            for b in exp.batch_sizes for k, runs in exp.runs.items()}
+            for b in exp.batch_sizes for k, runs in runs_of.items()}
 
 
 def _metric_label(exp: Experiment) -> str:
@@ -83,6 +88,35 @@ def plot_losses(exp: Experiment, path: Path) -> Path:
             title=f"training loss (moving mean of {smooth})")
     ax2.set(xlabel="training step", ylabel=f"test {loss}", title="test loss")
     return _save(fig, [ax1, ax2], path)
+
+
+def aux_loss_groups(exp: Experiment) -> dict[str, list]:
+    """The curves of :func:`_groups` whose method has an auxiliary loss (it overrides
+    :meth:`Method.auxiliary_loss`) and recorded a finite value of it."""
+    labels = [k for k, m in exp.methods.items()
+              if type(m).auxiliary_loss is not Method.auxiliary_loss]
+    return {k: runs for k, runs in _groups(exp, labels).items()
+            if any(np.isfinite(v) for r in runs for v in r.aux_loss)}
+
+
+def plot_aux_loss(exp: Experiment, path: Path) -> Path | None:
+    """The auxiliary loss term (as added to the task loss, e.g. the weighted standardization
+    loss) vs step, smoothed like the training loss; log y when every value is positive.
+    Writes nothing and returns ``None`` when no method has an auxiliary loss."""
+    groups = aux_loss_groups(exp)
+    if not groups:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    smooth = max(1, exp.config.steps // 50)
+    for label, runs in groups.items():
+        _band(ax, np.arange(1, exp.config.steps + 1), [r.aux_loss for r in runs], label, smooth)
+    values = np.asarray([v for runs in groups.values() for r in runs for v in r.aux_loss])
+    values = values[np.isfinite(values)]
+    if values.size and (values > 0).all():
+        ax.set_yscale("log")
+    ax.set(xlabel="training step", ylabel="auxiliary loss (weighted)",
+           title=f"auxiliary loss (moving mean of {smooth})")
+    return _save(fig, [ax], path)
 
 
 def plot_batch_sizes(exp: Experiment, rows: list[dict], path: Path) -> Path:

@@ -10,20 +10,27 @@ from pathlib import Path
 
 from .atomic import atomic_write
 from .experiment import Experiment, data_info, environment, summarize
-from .plots import plot_accuracy, plot_batch_sizes, plot_losses
+from .plots import plot_accuracy, plot_aux_loss, plot_batch_sizes, plot_losses
 from .metrics import format_speedup, recovered_fraction
 
 __all__ = ["write_report", "format_table", "format_batch_table", "json_safe", "REPORT_FILES"]
 
 # What write_report puts in a results folder (normlab.lab.outdir.claim_out refuses to mix
 # them with an earlier run's).
-REPORT_FILES = ("results.json", "report.md", "accuracy.png", "loss.png", "batch_size.png")
+REPORT_FILES = ("results.json", "report.md", "accuracy.png", "loss.png", "aux_loss.png",
+                "batch_size.png")
 
 
 def _fmt_speedup(row: dict) -> str:
-    if row["method"] == row["baseline"]:
+    reason = row.get("speedup_reason")
+    if row["method"] == row["baseline"] and not reason:
         return "1.00x (baseline)"
-    return format_speedup(row["speedup"], row.get("speedup_at_cap", False))
+    return format_speedup(row["speedup"], row.get("speedup_at_cap", False), reason)
+
+
+def _single_method(rows: list[dict]) -> bool:
+    """One method only: its speed-up would be against itself, so tables leave it out."""
+    return len({r["method"] for r in rows}) == 1
 
 
 def _fmt_steps(steps: float | None) -> str:
@@ -44,23 +51,26 @@ def _metric_title(rows: list[dict]) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """The markdown table of a summary (one row per method, and batch size if several), then
-    its resolution line."""
+    its resolution line; with one method, no speed-up column and no resolution line."""
     sweep = len({r.get("batch_size") for r in rows}) > 1
+    single = _single_method(rows)
     lines = [
         ("| batch | " if sweep else "| ") + f"method | final test {_metric_title(rows)} "
-        "(mean ± std) | steps to baseline's best | speed-up | s/run |",
-        "|---" * (6 if sweep else 5) + "|",
+        "(mean ± std) | steps to baseline's best | " + ("" if single else "speed-up | ")
+        + "s/run |",
+        "|---" * (5 + sweep - single) + "|",
     ]
     for r in rows:
-        steps = _fmt_steps(r["steps_to_target"])
+        steps = "–" if r.get("speedup_reason") else _fmt_steps(r["steps_to_target"])
         acc = _fmt_value(r, r["final_acc_mean"], r["final_acc_std"])
         if r["diverged_seeds"]:
             acc += f" ({len(r['diverged_seeds'])} diverged)"
         lines.append(("| " + str(r["batch_size"]) + " " if sweep else "")
-                     + f"| {r['method']} | {acc} | {steps} | {_fmt_speedup(r)} "
-                     f"| {r['seconds_per_run']:.1f} |")
+                     + f"| {r['method']} | {acc} | {steps} | "
+                     + ("" if single else f"{_fmt_speedup(r)} | ")
+                     + f"{r['seconds_per_run']:.1f} |")
     resolutions = list(dict.fromkeys(r["resolution"] for r in rows if r.get("resolution")))
-    if resolutions:
+    if resolutions and not single:
         lines += ["", *resolutions]
     return "\n".join(lines)
 
@@ -117,7 +127,9 @@ def _run_record(run, chance: float) -> dict:
 
 def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
                  command: str | None = None, threads: int | None = None) -> dict:
-    """Write ``results.json``, ``report.md``, ``accuracy.png`` and ``loss.png`` into ``out``.
+    """Write ``results.json``, ``report.md``, ``accuracy.png``, ``loss.png``,
+    ``aux_loss.png`` (when a method has an auxiliary loss) and, for a batch-size sweep,
+    ``batch_size.png`` into ``out``; ``payload["plots"]`` names the PNGs written.
 
     ``threads``: the torch threads each run used when not this process's count (runs in
     single-threaded worker processes, ``--jobs``)."""
@@ -146,6 +158,9 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
     }
     plot_accuracy(exp, out / "accuracy.png")
     plot_losses(exp, out / "loss.png")
+    aux_plot = plot_aux_loss(exp, out / "aux_loss.png")  # None: no method has one
+    payload["plots"] = ["accuracy.png", "loss.png"] + (["aux_loss.png"] if aux_plot else []) + (
+        ["batch_size.png"] if sweep else [])
     if sweep:
         plot_batch_sizes(exp, rows, out / "batch_size.png")
     cfg = exp.config
@@ -184,18 +199,23 @@ def write_report(exp: Experiment, out: Path, baseline: str | None = "none",
           if sweep else []),
         format_table(rows),
         "",
-        f"Speed-up (arXiv:1903.00925): steps `{rows[0]['baseline']}` needs to reach its best "
-        f"seed-mean test {rows[0]['metric']} ("
-        + ("at each batch size" if sweep else _fmt_value(rows[0], rows[0]["target_acc"]))
-        + "), divided by the steps each method's seed-mean curve needs to reach it (interpolated "
-        "linearly between evaluations); 'never' if it does not within the budget. A diverged run counts at chance accuracy (regression: "
-        "the untrained error) from then on.",
-        "",
+        *([] if _single_method(rows) else [
+            f"Speed-up (arXiv:1903.00925): steps `{rows[0]['baseline']}` needs to reach its "
+            f"best seed-mean test {rows[0]['metric']} ("
+            + ("at each batch size" if sweep else _fmt_value(rows[0], rows[0]["target_acc"]))
+            + "), divided by the steps each method's seed-mean curve needs to reach it "
+            "(interpolated linearly between evaluations); 'never' if it does not within the "
+            "budget; none at all when the baseline diverged in every seed or never beat its "
+            "untrained model (and, classifying, a constant prediction of the commonest class). "
+            "A diverged run counts at chance accuracy (regression: the untrained error) from "
+            "then on.",
+            ""]),
         *_recovered(rows),
         "![test accuracy](accuracy.png)",
         "",
         "![losses](loss.png)",
         "",
+        *(["![auxiliary loss](aux_loss.png)", ""] if aux_plot else []),
         f"Environment: torch {payload['environment']['torch']}, "
         f"{payload['environment']['platform']}, {payload['environment']['torch_threads']} threads.",
     ]

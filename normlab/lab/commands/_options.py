@@ -14,7 +14,7 @@ from pathlib import Path
 from ...distributed import BACKENDS, STATS, DistributedConfig, torchrun_world
 from ...methods import METHODS, Method, create_method, method_accepts
 from ..config import TrainConfig
-from ..datasets import Dataset, load_dataset
+from ..datasets import GENERATED, Dataset, load_dataset
 from ..datasets.arrays import TASKS, load_npz
 from ..experiment import LR_SCALING
 
@@ -114,6 +114,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.weight is not None:
         _check(finite(args.weight) and args.weight >= 0, "--weight", args.weight,
                "a finite number >= 0")
+    if args.data_dir is not None and args.dataset in GENERATED:
+        raise ValueError(f"--data-dir: the {args.dataset} dataset is generated, it takes no "
+                         "data folder (leave --data-dir out)")
     if args.baseline not in METHODS:
         raise KeyError(f"--baseline {args.baseline!r} is not a method; known: "
                        f"{', '.join(METHODS.names())}")

@@ -90,8 +90,7 @@ def _train_and_report(replica: Replica | None, args: argparse.Namespace, names: 
         if len(exp.batch_sizes) > 1:
             print(format_batch_table(payload["summary"]))
         print(format_table(payload["summary"]))
-        print(f"wrote {out}/report.md, results.json, accuracy.png, loss.png"
-              + (", batch_size.png" if len(exp.batch_sizes) > 1 else "") + ", runs/")
+        print(f"wrote {out}/report.md, results.json, {', '.join(payload['plots'])}, runs/")
     return 0
 
 

@@ -20,6 +20,10 @@ from .base import (CACHE_DIR, DATASETS, Batches, Dataset, PointCloudDataset, dat
                    load_dataset)
 from .idx import DataError, read_idx
 
-__all__ = ["Batches", "CACHE_DIR", "DATASETS", "DataError", "Dataset", "PointCloudDataset",
+# Made in memory from a seed: they read no files, so a data folder means nothing to them.
+GENERATED = ("shapes3d", "synthetic")
+
+__all__ = ["Batches", "CACHE_DIR", "DATASETS", "DataError", "Dataset", "GENERATED",
+           "PointCloudDataset",
            "dataset_from_uint8", "load_dataset", "read_idx",
            "cifar10", "mnist", "modelnet40", "shapes3d", "synthetic"]

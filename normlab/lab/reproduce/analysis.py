@@ -32,8 +32,10 @@ def pct(mean: float, std: float | None = None) -> str:
 
 
 def fmt_speedup(row: dict) -> str:
-    """A summary row's speed-up: ``"3.33x"``, ``"≥ 1000.00x"`` at the cap, or "never"."""
-    return format_speedup(row["speedup"], row.get("speedup_at_cap", False))
+    """A summary row's speed-up: ``"3.33x"``, ``"≥ 1000.00x"`` at the cap, "never", or why
+    there is none (``speedup_reason``)."""
+    return format_speedup(row["speedup"], row.get("speedup_at_cap", False),
+                          row.get("speedup_reason"))
 
 
 def mean_std_text(values: Sequence[float | None], unit: str = "x", capped: int = 0) -> str:
