@@ -63,4 +63,6 @@ def test_jobs_give_the_same_study_as_one_process(tmp_path):
     one, two = (r["models"]["cnn"] for r in (runs[1], runs[2]))
     assert one["final_acc"] == two["final_acc"] and one["curves"] == two["curves"]
     assert runs[1]["train_examples"] == runs[2]["train_examples"] == 64
+    report = (tmp_path / "j2" / "report.md").read_text()
+    assert "1 torch thread(s) per run, 2 worker processes" in report
     assert main(["reproduce", "batch-size", "--quick", "--jobs", "0"]) == 2

@@ -63,6 +63,7 @@ class Experiment:
     lr_scaling: str = "none"
     surgery: dict[str, str] = field(default_factory=dict)  # label -> what was done to the model
     threads: int = 0  # torch threads each run used (1 in --jobs workers)
+    workers: int = 1  # worker processes the runs were spread over (--jobs)
 
     def __post_init__(self) -> None:
         self.batch_sizes = self.batch_sizes or [self.config.batch_size]
@@ -174,7 +175,8 @@ def run_experiment(
     sizes = list(batch_sizes or [config.batch_size])
     exp = Experiment(config, data, dict(methods), list(seeds), {k: [] for k in methods},
                      batch_sizes=sizes, lr_scaling=lr_scaling,
-                     threads=1 if jobs > 1 else torch.get_num_threads())
+                     threads=1 if jobs > 1 else torch.get_num_threads(),
+                     workers=jobs if jobs > 1 and replica is None else 1)
     main = replica is None or replica.is_main
     if replica is not None:
         exp.distributed = {"world_size": replica.world_size, "stats": replica.config.stats,

@@ -49,10 +49,14 @@ def write_repro_report(spec: ReproSpec, outcome: Outcome, data: Dataset, out: Pa
                        seconds: float, command: str, quick: bool) -> dict:
     """Write ``results.json`` and ``report.md`` (the plots are already in ``out``)."""
     out = Path(out)
-    env = environment()
+    # the thread count the runs used (1 each in --jobs workers), as the experiments record it
+    threads = min((e.threads for e in outcome.experiments if e.threads), default=None)
+    env = environment(threads)
     cores = os.cpu_count()
-    runtime = (f"{seconds:.0f} s wall on {cores} CPU cores, {torch.get_num_threads()} torch "
-               "thread(s) (other processes may have shared the CPU)")
+    workers = max((e.workers for e in outcome.experiments), default=1)
+    runtime = (f"{seconds:.0f} s wall on {cores} CPU cores, {env['torch_threads']} torch "
+               f"thread(s) per run" + (f", {workers} worker processes" if workers > 1 else "")
+               + " (other processes may have shared the CPU)")
     differences = _differences(spec, data, outcome.results)
     payload = {
         "experiment": spec.name, "title": spec.title, "paper": spec.paper,

@@ -76,7 +76,8 @@ def run_arms(config: TrainConfig, data: Dataset, arms: Sequence[Arm], seeds: Seq
                               {a.label: methods[a.label] for a in group}, seeds, progress,
                               jobs=jobs, data_spec=data_spec)
         runs.update(part.runs)
-    return Experiment(config, data, methods, list(seeds), runs)
+    return Experiment(config, data, methods, list(seeds), runs, threads=part.threads,
+                      workers=part.workers)
 
 
 def _steps(steps: float | None) -> str:
