@@ -49,6 +49,9 @@ def test_cli_param_errors_are_one_line(capsys):
     assert "no parameter 'epoch'" in capsys.readouterr().err
     assert main(["reproduce", "batch-size", "--param", "epochs"]) == 2
     assert "--param expects KEY=VALUE" in capsys.readouterr().err
+    # the quick variants train on generated data: a data folder would be silently ignored
+    assert main(["reproduce", "batch-size", "--quick", "--data-dir", "/nonexistent"]) == 2
+    assert "generated synthetic dataset" in capsys.readouterr().err
 
 
 def test_jobs_give_the_same_study_as_one_process(tmp_path):

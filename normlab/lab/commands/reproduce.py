@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..datasets import GENERATED
 from ..outdir import claim_out
 from ..reproduce import EXPERIMENTS, get_experiment, reproduce, tune_malloc
 from ..reproduce.report import comparison_table
@@ -53,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
     if params and len(names) > 1:
         raise ValueError("--param applies to one experiment, not to 'all'")
     for name in names:  # check before anything runs: bad input is one clear line
-        get_experiment(name).resolve(args.quick, args.seeds, params)
+        spec = get_experiment(name).resolve(args.quick, args.seeds, params)
+        if args.data_dir is not None and spec.dataset in GENERATED and len(names) == 1:
+            raise ValueError(f"--data-dir: {name}{' --quick' if args.quick else ''} uses the "
+                             f"generated {spec.dataset} dataset, which takes no data folder "
+                             f"(leave --data-dir out)")
     # Every results folder checked and locked before the first experiment starts.
     outs = {}
     for name in names:
