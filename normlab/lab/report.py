@@ -51,14 +51,16 @@ def _metric_title(rows: list[dict]) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """The markdown table of a summary (one row per method, and batch size if several), then
-    its resolution line; with one method, no speed-up column and no resolution line."""
+    its resolution line; with one method, no steps-to-target or speed-up column and no
+    resolution line."""
     sweep = len({r.get("batch_size") for r in rows}) > 1
     single = _single_method(rows)
+    # With one method there is no baseline to reach: no steps-to-target, no speed-up.
+    compared = "" if single else "steps to baseline's best | speed-up | "
     lines = [
         ("| batch | " if sweep else "| ") + f"method | final test {_metric_title(rows)} "
-        "(mean ± std) | steps to baseline's best | " + ("" if single else "speed-up | ")
-        + "s/run |",
-        "|---" * (5 + sweep - single) + "|",
+        "(mean ± std) | " + compared + "s/run |",
+        "|---" * (5 + sweep - 2 * single) + "|",
     ]
     for r in rows:
         steps = "–" if r.get("speedup_reason") else _fmt_steps(r["steps_to_target"])
@@ -66,8 +68,8 @@ def format_table(rows: list[dict]) -> str:
         if r["diverged_seeds"]:
             acc += f" ({len(r['diverged_seeds'])} diverged)"
         lines.append(("| " + str(r["batch_size"]) + " " if sweep else "")
-                     + f"| {r['method']} | {acc} | {steps} | "
-                     + ("" if single else f"{_fmt_speedup(r)} | ")
+                     + f"| {r['method']} | {acc} | "
+                     + ("" if single else f"{steps} | {_fmt_speedup(r)} | ")
                      + f"{r['seconds_per_run']:.1f} |")
     resolutions = list(dict.fromkeys(r["resolution"] for r in rows if r.get("resolution")))
     if resolutions and not single:
