@@ -52,7 +52,7 @@ from ..functional.standardization import (
 from ..nn_types import WEIGHT_LAYERS
 from .hooks import LayerHook, RootHook
 from .selection import LayerSpec, channel_dim_of, select_layers
-from .taps import StandardizationSum, tap
+from .taps import StandardizationSum, Tapped, tap
 
 __all__ = ["StandardizationLoss", "select_layers", "WEIGHT_LAYERS", "STATS", "REDUCTIONS"]
 
@@ -188,7 +188,7 @@ class StandardizationLoss:
             return output.clone()  # the term's graph keeps `output`: in-place ops get a copy
         cd = cd % len(shape)
         out, mean, var = tap(output, cd)
-        self._pending.append((index, mean, var, per_channel, output, cd))
+        self._pending.append(Tapped(index, mean, var, per_channel, output, cd))
         return out
 
     def _on_root_forward(self, module: nn.Module) -> None:
@@ -246,33 +246,32 @@ class StandardizationLoss:
         if not pending:
             self._read = ()
             return torch.zeros(())
-        fast = [e for e in pending if len(e) == 6]
-        terms = [e for e in pending if len(e) == 3]
-        sizes = [e[1].numel() for e in fast]
+        fast = [e for e in pending if isinstance(e, Tapped)]
+        terms = [e for e in pending if not isinstance(e, Tapped)]  # (index, term, channels)
+        sizes = [e.mean.numel() for e in fast]
         total = sum(sizes) + sum(e[2] for e in terms)
         scale = self.weight / total if self.reduction == "mean" else self.weight
         loss = per_channel = None
         if fast:
             inv_m = self._inv_counts(fast, sizes)
-            taps = [(e[1], e[2], e[5]) for e in fast]
-            loss, per_channel = StandardizationSum.apply(scale, self.eps, inv_m, taps,
-                                                         *(e[4] for e in fast))
+            loss, per_channel = StandardizationSum.apply(scale, self.eps, inv_m, fast,
+                                                         *(e.output for e in fast))
         for e in terms:
             loss = e[1] * scale if loss is None else loss + e[1] * scale
         # What values() reads: (layer index, channels' count M) of each tap, not the outputs.
-        self._read = ([(e[0], e[3]) for e in fast], sizes, per_channel, terms)
+        self._read = ([e.index for e in fast], sizes, per_channel, terms)
         return loss
 
-    def _inv_counts(self, fast: list[tuple], sizes: list[int]) -> Tensor:
+    def _inv_counts(self, fast: list[Tapped], sizes: list[int]) -> Tensor:
         """``1/M`` per channel of the taps, cached per layout (one tensor per model shape)."""
-        ref = fast[0][1]
-        key = (ref.device, ref.dtype, tuple(zip(sizes, (e[3] for e in fast))))
+        ref = fast[0].mean
+        key = (ref.device, ref.dtype, tuple(zip(sizes, (e.count for e in fast))))
         inv = self._inv_m.get(key)
         if inv is None:
             if len(self._inv_m) > 16:
                 self._inv_m.clear()
             inv = torch.cat([torch.full((c,), 1.0 / m, dtype=ref.dtype, device=ref.device)
-                             for c, m in zip(sizes, (e[3] for e in fast))])
+                             for c, m in zip(sizes, (e.count for e in fast))])
             self._inv_m[key] = inv
         return inv
 
@@ -281,11 +280,11 @@ class StandardizationLoss:
         if self._values is None:
             values: dict[str, float] = {}
             if self._read:
-                fast, sizes, per_channel, terms = self._read
-                if fast:
+                tapped, sizes, per_channel, terms = self._read
+                if tapped:
                     sums = [0.5 * float(t.sum()) for t in per_channel.split(sizes)]
-                    for e, v in zip(fast, sums):
-                        name = self._candidates[e[0]][0]
+                    for index, v in zip(tapped, sums):
+                        name = self._candidates[index][0]
                         values[name] = values.get(name, 0.0) + v
                 for e in terms:
                     name = self._candidates[e[0]][0]

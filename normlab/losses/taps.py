@@ -27,13 +27,27 @@ network's (``python -m normlab.lab.bench.cpu_time --models mlp``; BatchNorm 1.18
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..functional.standardization import _channel_stats
 
-__all__ = ["tap", "StandardizationSum", "affine_grad"]
+__all__ = ["tap", "Tapped", "StandardizationSum", "affine_grad"]
+
+
+class Tapped(NamedTuple):
+    """One hooked output waiting for the next read: its moments, its values per channel
+    (``count``) and the output itself, which the gradient flows into."""
+
+    index: int  # the layer's index among the loss's candidates
+    mean: Tensor
+    var: Tensor
+    count: int
+    output: Tensor
+    cd: int  # channel dimension (non-negative)
 
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -85,8 +99,8 @@ class StandardizationSum(torch.autograd.Function):
         scale: a Python float (weight, and 1/channels for the mean reduction).
         eps: inside the log.
         inv_m: ``(C_total,)`` tensor of ``1/M`` of each channel's output.
-        taps: ``[(mean, var, channel_dim), ...]``, one per output, in order (constants).
-        *outputs: the tapped outputs themselves (what the gradient flows into).
+        taps: the :class:`Tapped` outputs, in order; their moments are constants.
+        *outputs: ``taps``' outputs (autograd's inputs: what the gradient flows into).
 
     Returns ``(loss, terms)``; ``terms`` (not differentiable) holds each channel's
     ``mu^2 + var - log(var + eps) - 1``, for per-layer logging.
@@ -95,15 +109,15 @@ class StandardizationSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scale: float, eps: float, inv_m: Tensor, taps: list, *outputs: Tensor):
         if len(taps) > 1:
-            mean = torch.cat([t[0] for t in taps])
-            r = torch.cat([t[1] for t in taps]).add_(eps)
+            mean = torch.cat([t.mean for t in taps])
+            r = torch.cat([t.var for t in taps]).add_(eps)
         else:
-            mean, r = taps[0][0], taps[0][1] + eps
+            mean, r = taps[0].mean, taps[0].var + eps
         terms = torch.addcmul(r - torch.log(r), mean, mean).sub_(1.0 + eps)
         loss = terms.sum().mul_(0.5 * scale)
         ctx.save_for_backward(mean, r, inv_m, *outputs)
         ctx.scale = scale
-        ctx.layout = [(t[0].numel(), t[2]) for t in taps]
+        ctx.layout = [(t.mean.numel(), t.cd) for t in taps]
         ctx.mark_non_differentiable(terms)
         ctx.set_materialize_grads(False)  # no zeros for the terms' (absent) gradient
         return loss, terms
