@@ -93,3 +93,38 @@ def test_remove_and_replace_again_see_the_wrapper_as_one_norm():
     assert isinstance(again.norm, ChannelsLast)
     with pytest.raises(ValueError, match="expects \\(N, \\*, 8\\) input"):
         again.norm(torch.randn(2, 8, 3))
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """timm's LayerNorm2d: a LayerNorm over C of ``(N, C, H, W)`` maps, permuting itself."""
+
+    def forward(self, x):
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
+                         self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class LayerNormFp32(nn.LayerNorm):
+    """A channel-last LayerNorm with its own forward (the float32 up-cast kind)."""
+
+    def forward(self, x):
+        return super().forward(x.float()).to(x.dtype)
+
+
+def test_channel_first_layernorm_subclass_is_replaced_on_its_maps():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), LayerNorm2d(8))
+    x = torch.randn(4, 3, 9, 9, generator=torch.Generator().manual_seed(1))
+    new = replace_norm(model, "batch_norm").train()
+    assert not isinstance(new[1], ChannelsLast)
+    y = model[0](x)
+    ref = (y - y.mean((0, 2, 3), keepdim=True)) / torch.sqrt(
+        y.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5)
+    torch.testing.assert_close(new(x), ref, rtol=1e-4, atol=1e-4)  # shift starts at 0
+
+
+def test_channel_last_layernorm_subclass_stays_on_rows():
+    model = nn.Sequential(nn.Linear(8, 8), LayerNormFp32(8))
+    new = replace_norm(model, "layer_norm")
+    assert isinstance(new[1], ChannelsLast)
+    x = tokens()
+    torch.testing.assert_close(new(x), F.layer_norm(model[0](x), (8,)), rtol=1e-5, atol=1e-5)

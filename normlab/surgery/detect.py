@@ -28,12 +28,20 @@ maps. :func:`channels_last` says so; its replacement runs on the rows ``(M, C)``
 (:class:`normlab.surgery.channels.ChannelsLast`), so the table's ``spatial_dims = 0`` is the
 rows' shape. ``LayerNorm((C, H, W))`` is read as channel-first: it normalizes the whole sample
 of an ``(N, C, H, W)`` input.
+
+A *subclass* of LayerNorm/RMSNorm with its own ``forward`` may take channel-first maps and
+permute them itself (timm's ``LayerNorm2d``/``LayerNorm3d``, ConvNeXt's
+``data_format="channels_first"`` LayerNorm): its class cannot tell, so one forward of the
+layer on a small random ``(2, C, H, W)`` (then 3-D, then 1-D) map decides
+(:func:`channel_first_dims`); a layer that accepts one is channel-first with that many
+spatial dims, and its replacement takes the same maps.
 """
 
 from __future__ import annotations
 
 from typing import Mapping, Union
 
+import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
@@ -42,7 +50,7 @@ from ..layers.base import NormLayer
 from .channels import ChannelsLast
 
 __all__ = ["NORM_TYPES", "is_norm_layer", "norm_features", "norm_spatial_dims",
-           "channels_last"]
+           "channels_last", "channel_first_dims"]
 
 #: torch's normalization layers (the first entry covers BatchNorm1d/2d/3d, SyncBatchNorm and
 #: the lazy variants; the second InstanceNorm1d/2d/3d).
@@ -70,16 +78,46 @@ def is_norm_layer(module: object) -> bool:
     return isinstance(module, NORM_TYPES)
 
 
+def _one_dim(layer: nn.Module) -> bool:
+    """A LayerNorm/RMSNorm over one dim (``LayerNorm(C)``)."""
+    shape = layer.normalized_shape
+    return not isinstance(shape, (tuple, list)) or len(shape) == 1
+
+
+def channel_first_dims(layer: nn.Module) -> int | None:
+    """For a one-dim LayerNorm/RMSNorm subclass with its own ``forward``: the spatial dims of
+    the channel-first ``(N, C, *spatial)`` maps it takes, found by running it once on small
+    random maps (2, then 3, then 1 spatial dims, sizes unequal to C); ``None`` when it takes
+    none of them (channel-last input, like the base class) or is not such a subclass."""
+    base = nn.LayerNorm if isinstance(layer, nn.LayerNorm) else nn.RMSNorm
+    if not isinstance(layer, (nn.LayerNorm, nn.RMSNorm)) or not _one_dim(layer) \
+            or type(layer).forward is base.forward:
+        return None
+    c = norm_features("", layer)
+    ref = next(iter(layer.parameters()), None)
+    like = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
+    for dims in (2, 3, 1):
+        x = torch.randn(2, c, *[c + 1 + i for i in range(dims)], **like)
+        try:
+            with torch.no_grad():
+                out = type(layer).forward(layer, x)  # the layer alone: no hooks of the model
+        except (RuntimeError, ValueError):
+            continue
+        if isinstance(out, torch.Tensor) and out.shape == x.shape:
+            return dims
+    return None
+
+
 def channels_last(layer: nn.Module) -> bool:
     """Whether ``layer`` normalizes the last dim of any-rank input (``LayerNorm(C)``,
     ``RMSNorm(C)``, a :class:`~normlab.surgery.channels.ChannelsLast` replacement of one):
-    its channels are on the last dim, not on dim 1."""
+    its channels are on the last dim, not on dim 1. A subclass that takes channel-first maps
+    (:func:`channel_first_dims`) is not."""
     if isinstance(layer, ChannelsLast):
         return True
     if not isinstance(layer, (nn.LayerNorm, nn.RMSNorm)):
         return False
-    shape = layer.normalized_shape
-    return not isinstance(shape, (tuple, list)) or len(shape) == 1
+    return _one_dim(layer) and channel_first_dims(layer) is None
 
 
 def norm_features(name: str, layer: nn.Module) -> int:
@@ -125,6 +163,9 @@ def norm_spatial_dims(name: str, layer: nn.Module, spatial_dims: SpatialDims = N
         if type(layer) is cls:
             return dims
     if isinstance(layer, (nn.LayerNorm, nn.RMSNorm)):
+        first = channel_first_dims(layer)
+        if first is not None:
+            return first
         shape = layer.normalized_shape
         return len(shape) - 1 if isinstance(shape, (tuple, list)) else 0
     for cls, dims in _SPATIAL_BY_CLASS.items():
