@@ -150,3 +150,34 @@ def test_linear_taps_match_float64_far_from_zero(rows):
     ref.backward()
     assert loss.item() == pytest.approx(ref.item(), rel=2e-6)
     torch.testing.assert_close(lin.weight.grad.double(), w64.grad, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("upstream", [1.0, 2.5, -0.5, 0.0])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_gradient_scales_with_the_upstream_gradient(upstream, reduction):
+    """Backward uses coefficients computed for a unit upstream gradient; any other upstream
+    gradient (a weighted sum, ``autograd.grad`` with ``grad_outputs``) scales them: the
+    gradient of every hooked layer equals float64 autograd through the plain formula."""
+    torch.manual_seed(1)
+    model = small_cnn().double()
+    ref_model = small_cnn().double()
+    ref_model.load_state_dict(model.state_dict())
+    x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
+    std = StandardizationLoss(model, weight=0.7, reduction=reduction)
+    model(x)
+    loss = std()
+    params = [model[0].weight, model[2].weight, model[5].weight]
+    grads = torch.autograd.grad(loss, params, torch.tensor(upstream, dtype=torch.float64))
+    outs, h = [], x
+    for i, layer in enumerate(ref_model):
+        h = layer(h)
+        if i in (0, 2, 5):
+            outs.append((h, 1 if h.dim() == 4 else -1))
+    ref = sum(standardization_loss(o, channel_dim=cd) for o, cd in outs) * 0.7
+    if reduction == "mean":
+        ref = ref / sum(o.shape[cd] for o, cd in outs)
+    ref_params = [ref_model[0].weight, ref_model[2].weight, ref_model[5].weight]
+    expected = torch.autograd.grad(ref * upstream, ref_params)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-10)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
