@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 
 from ..functional.standardization import _channel_stats
 
-__all__ = ["tap", "Tapped", "StandardizationSum", "affine_grad"]
+__all__ = ["moments", "tap", "Tapped", "StandardizationSum", "affine_grad"]
 
 
 class Tapped(NamedTuple):
@@ -60,16 +60,22 @@ _HALF = (torch.float16, torch.bfloat16)
 FUSED_ROWS = 8192
 
 
-def tap(x: Tensor, cd: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``(copy of x for the network, mu, var)``; the moments are constants (taken from a
-    detached view, so no graph), in float32 for half inputs."""
+def moments(x: Tensor, cd: int) -> tuple[Tensor, Tensor]:
+    """``(mu, var)`` per channel of dim ``cd`` (non-negative): constants (taken from a detached
+    view, so no graph), in float32 for half inputs."""
     d = x.detach()
     if d.dtype in _HALF:
         d = d.float()
     if cd == d.dim() - 1 and d.numel() <= FUSED_ROWS * d.shape[cd]:
-        mean, var = torch.batch_norm_update_stats(d.reshape(-1, d.shape[cd]), None, None, 0.0)
-    else:
-        _, mean, var = _channel_stats(d, cd)
+        return torch.batch_norm_update_stats(d.reshape(-1, d.shape[cd]), None, None, 0.0)
+    _, mean, var = _channel_stats(d, cd)
+    return mean, var
+
+
+def tap(x: Tensor, cd: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(copy of x for the network, mu, var)``: :func:`moments`, and the copy that in-place
+    operations after the layer may overwrite instead of ``x``."""
+    mean, var = moments(x, cd)
     return x.clone(), mean, var
 
 

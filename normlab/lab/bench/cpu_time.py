@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Callable
 
 import torch
 
 from ...functional import _std_loss_kernel, standardization
 from ...methods import create_method
 from .allocator import tune_malloc
-from .cases import BENCH_MODELS, make_setup
+from .cases import BENCH_MODELS, TrainSetup, make_setup
 
 VARIANTS = {"none": ("none", "torch"), "batch_norm": ("batch_norm", "torch"),
             "std_loss[torch]": ("std_loss", "torch"), "std_loss[kernel]": ("std_loss", "kernel")}
@@ -43,29 +44,50 @@ def main(argv: list[str] | None = None) -> None:
     for key in args.models.split(","):
         spec = BENCH_MODELS[key]
         setups = {n: make_setup(spec, create_method(m)) for n, (m, _) in variants.items()}
-        inner = INNER.get(key, 1)
+        try:
+            ratios = interleaved_ratios(
+                setups, INNER.get(key, 1), args.rounds,
+                before=lambda name: standardization.set_implementation(variants[name][1]))
+        finally:
+            for s in setups.values():
+                s.close()
+            standardization.set_implementation("torch")
+        print(f"{key}: " + cells(ratios), flush=True)
 
-        def step_time(name: str) -> float:
-            standardization.set_implementation(variants[name][1])
-            start = time.thread_time()
-            for _ in range(inner):
-                setups[name].step()
-            return (time.thread_time() - start) / inner
 
-        names = list(setups)
-        for name in names * 2:  # warm-up
-            step_time(name)
-        ratios: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(args.rounds):
-            times = {n: step_time(n) for n in names[r % len(names):] + names[:r % len(names)]}
-            for n in names:
-                ratios[n].append(times[n] / times["none"])
-        cells = [f"{n} {statistics.median(v):.2f} [{min(statistics.quantiles(v, n=4)):.2f}-"
-                 f"{max(statistics.quantiles(v, n=4)):.2f}]" for n, v in ratios.items() if n != "none"]
-        print(f"{key}: " + ", ".join(cells), flush=True)
-        for s in setups.values():
-            s.close()
-    standardization.set_implementation("torch")
+def interleaved_ratios(setups: dict[str, TrainSetup], inner: int, rounds: int,
+                       before: Callable[[str], None] | None = None) -> dict[str, list[float]]:
+    """Per round, each setup's thread CPU time per step over the first setup's (the baseline):
+    ``inner`` steps per timing, two warm-up rounds, the order rotated every round.
+    ``before(name)`` runs ahead of each timing (untimed)."""
+
+    def step_time(name: str) -> float:
+        if before is not None:
+            before(name)
+        start = time.thread_time()
+        for _ in range(inner):
+            setups[name].step()
+        return (time.thread_time() - start) / inner
+
+    names = list(setups)
+    for name in names * 2:  # warm-up
+        step_time(name)
+    ratios: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        times = {n: step_time(n) for n in names[k:] + names[:k]}
+        for n in names:
+            ratios[n].append(times[n] / times[names[0]])
+    return ratios
+
+
+def cells(ratios: dict[str, list[float]]) -> str:
+    """``name median [q1-q3]`` of every setup but the baseline (the first)."""
+    out = []
+    for n, v in list(ratios.items())[1:]:
+        q = statistics.quantiles(v, n=4)
+        out.append(f"{n} {statistics.median(v):.2f} [{min(q):.2f}-{max(q):.2f}]")
+    return ", ".join(out)
 
 
 if __name__ == "__main__":
