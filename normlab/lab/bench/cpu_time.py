@@ -31,13 +31,20 @@ VARIANTS = {"none": ("none", "torch"), "batch_norm": ("batch_norm", "torch"),
 INNER = {"cnn": 5, "wide_cnn": 1, "mlp": 40}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="cnn,wide_cnn,mlp")
+def bench_args(argv: list[str] | None, doc: str, models: str) -> argparse.Namespace:
+    """``--models`` (comma-separated, default ``models``) and ``--rounds``; then the process
+    is set up to time: :func:`tune_malloc`, one thread."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--models", default=models)
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args(argv)
     tune_malloc()
     torch.set_num_threads(1)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = bench_args(argv, __doc__, "cnn,wide_cnn,mlp")
     variants = dict(VARIANTS)
     if not _std_loss_kernel.load(build=False):
         del variants["std_loss[kernel]"]

@@ -24,8 +24,6 @@ to ``none`` with its interquartile range.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torch import Tensor, nn
 
@@ -33,9 +31,8 @@ from ...losses.standardization import StandardizationLoss
 from ...losses.taps import moments, tap
 from ...methods import create_method
 from ...methods.basic import StandardizationLossMethod
-from .allocator import tune_malloc
 from .cases import BENCH_MODELS, make_setup
-from .cpu_time import INNER, cells, interleaved_ratios
+from .cpu_time import INNER, bench_args, cells, interleaved_ratios
 
 __all__ = ["PARTS", "main"]
 
@@ -94,12 +91,7 @@ def _method(name: str):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="mlp,cnn")
-    parser.add_argument("--rounds", type=int, default=15)
-    args = parser.parse_args(argv)
-    tune_malloc()
-    torch.set_num_threads(1)
+    args = bench_args(argv, __doc__, "mlp,cnn")
     names = ["none", "batch_norm", *PARTS]
     for key in args.models.split(","):
         setups = {n: make_setup(BENCH_MODELS[key], _method(n)) for n in names}
