@@ -13,9 +13,22 @@ copy is the bare model; attach a new loss to it to train it with one.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-__all__ = ["LayerHook", "RootHook", "InertHook", "CopiesInert"]
+__all__ = ["LayerHook", "RootHook", "InertHook", "CopiesInert", "in_backward"]
+
+
+def in_backward() -> bool:
+    """Whether autograd is running a backward pass on this thread.
+
+    Activation checkpointing (``torch.utils.checkpoint``, timm's ``set_grad_checkpointing``)
+    runs a block's forward again inside backward to rebuild what it did not save; that is not
+    a new training forward, and an output tapped there would reach the next read after its
+    graph was freed. torch has no public query for this; the graph-task id is -1 outside
+    backward. Under ``torch.compile`` hooks are traced into the graph, never rerun: False.
+    """
+    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
                "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")

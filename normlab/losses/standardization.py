@@ -50,7 +50,7 @@ from ..functional.standardization import (
     DEFAULT_EPS, check_floating, implementation, reduction_dims, standardization_loss,
 )
 from ..nn_types import WEIGHT_LAYERS
-from .hooks import LayerHook, RootHook
+from .hooks import LayerHook, RootHook, in_backward
 from .selection import LayerSpec, channel_dim_of, select_layers
 from .taps import StandardizationSum, Tapped, tap
 
@@ -156,7 +156,8 @@ class StandardizationLoss:
         if self._recording:
             self._order.append(index)
             return None
-        if not (module.training and torch.is_grad_enabled()) or not self._active[index]:
+        if not (module.training and torch.is_grad_enabled()) or not self._active[index] \
+                or in_backward():  # a checkpointed block recomputed in backward
             return None
         if not self._final:
             self._order.append(index)
@@ -222,7 +223,9 @@ class StandardizationLoss:
             warnings.warn(f"StandardizationLoss: {len(names)} hooked layer(s) never ran in the "
                           f"first training forward and are left out: {names} (e.g. a module "
                           f"whose weight is used functionally, like "
-                          f"nn.MultiheadAttention.out_proj)", UserWarning, stacklevel=3)
+                          f"nn.MultiheadAttention.out_proj, or one inside a block checkpointed "
+                          f"with use_reentrant=True, whose forward runs without gradients)",
+                          UserWarning, stacklevel=3)
         for i in drop:
             self._active[i] = False
             self._handles.pop(i).remove()
@@ -232,7 +235,10 @@ class StandardizationLoss:
         self._root.remove()
         if not any(self._active):
             raise RuntimeError("StandardizationLoss: no hooked layer ran in the first training "
-                               "forward besides the logit layer; pass layers= to choose modules")
+                               "forward besides the logit layer; pass layers= to choose modules "
+                               "(blocks checkpointed with use_reentrant=True run their forward "
+                               "without gradients, out of the loss's sight: checkpoint them "
+                               "with use_reentrant=False)")
 
     # -- reading -------------------------------------------------------------------------------
 
