@@ -6,7 +6,8 @@ standardization-loss model with no normalization cost at inference; batch normal
 reaches the same inference cost by folding (Ioffe & Szegedy 2015, arXiv:1502.03167, section
 3.1; Jacob et al. 2018, arXiv:1712.05877, section 3.2).
 
-- :func:`is_norm_layer` — torch's BN/SyncBN/IN/GN/LN/RMSNorm and every normlab ``NormLayer``.
+- :func:`is_norm_layer` — torch's BN/SyncBN/IN/GN/LN/RMSNorm, FrozenBatchNorm2d and every
+  normlab ``NormLayer``.
 - :func:`replace_norm` — every norm layer becomes a registered method's ``norm()`` (its
   ``block()`` with the activation after the norm, for FRN / Proxy Norm / IC layer).
 - :func:`remove_norm` — every norm layer becomes ``nn.Identity``, or the nonlinearity it

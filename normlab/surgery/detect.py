@@ -20,7 +20,14 @@ GroupNorm                   ``num_channels``              not told by the class
 SyncBatchNorm               ``num_features``              not told by the class
 normlab NormLayer           ``num_features``              its ``spatial_dims`` attribute if
                                                           it has one, else not told
+FrozenBatchNorm2d           its buffers' length           2
 ==========================  ============================  =================================
+
+``FrozenBatchNorm2d`` (torchvision's detection backbones, detectron2, timm's
+``freeze_batch_norm_2d``) is BatchNorm with its statistics and affine stored as buffers; it
+subclasses ``nn.Module``, not torch's BatchNorm, so it is recognised by its class name and its
+four equal-length buffers ``weight``, ``bias``, ``running_mean``, ``running_var``
+(:func:`is_frozen_batch_norm`).
 
 A LayerNorm or RMSNorm with a 1-D ``normalized_shape`` (``LayerNorm(C)``) normalizes the
 *last* dim of whatever it is given: ``(N, C)`` features, ``(N, T, C)`` tokens, ``(N, H, W, C)``
@@ -49,8 +56,8 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from ..layers.base import NormLayer
 from .channels import ChannelsLast
 
-__all__ = ["NORM_TYPES", "is_norm_layer", "norm_features", "norm_spatial_dims",
-           "channels_last", "channel_first_dims"]
+__all__ = ["NORM_TYPES", "is_norm_layer", "is_frozen_batch_norm", "norm_features",
+           "norm_spatial_dims", "channels_last", "channel_first_dims"]
 
 #: torch's normalization layers (the first entry covers BatchNorm1d/2d/3d, SyncBatchNorm and
 #: the lazy variants; the second InstanceNorm1d/2d/3d).
@@ -72,10 +79,27 @@ def is_norm_layer(module: object) -> bool:
     """Whether ``module`` is a normalization layer surgery acts on.
 
     True for torch's BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm1d/2d/3d, GroupNorm,
-    LayerNorm, RMSNorm (and their subclasses) and for every
-    :class:`~normlab.layers.base.NormLayer`.
+    LayerNorm, RMSNorm (and their subclasses), for every
+    :class:`~normlab.layers.base.NormLayer` and for FrozenBatchNorm2d
+    (:func:`is_frozen_batch_norm`).
     """
-    return isinstance(module, NORM_TYPES)
+    return isinstance(module, NORM_TYPES) or is_frozen_batch_norm(module)
+
+
+_FROZEN_BUFFERS = ("weight", "bias", "running_mean", "running_var")
+
+
+def is_frozen_batch_norm(module: object) -> bool:
+    """Whether ``module`` is a FrozenBatchNorm2d (torchvision, detectron2, timm): a class whose
+    name contains ``FrozenBatchNorm`` with ``weight``, ``bias``, ``running_mean`` and
+    ``running_var`` buffers of one length ``C`` (and those as its only state)."""
+    if not isinstance(module, nn.Module) or "FrozenBatchNorm" not in type(module).__name__:
+        return False
+    buffers = dict(module.named_buffers(recurse=False))
+    if not all(isinstance(buffers.get(k), torch.Tensor) for k in _FROZEN_BUFFERS):
+        return False
+    shapes = {buffers[k].shape for k in _FROZEN_BUFFERS}
+    return len(shapes) == 1 and len(next(iter(shapes))) == 1
 
 
 def _one_dim(layer: nn.Module) -> bool:
@@ -129,6 +153,8 @@ def norm_features(name: str, layer: nn.Module) -> int:
     """
     if isinstance(layer, nn.GroupNorm):
         features = layer.num_channels
+    elif is_frozen_batch_norm(layer):
+        features = layer.running_mean.numel()
     elif isinstance(layer, (nn.LayerNorm, nn.RMSNorm)):
         shape = layer.normalized_shape
         features = shape[0] if isinstance(shape, (tuple, list)) else int(shape)
@@ -162,6 +188,8 @@ def norm_spatial_dims(name: str, layer: nn.Module, spatial_dims: SpatialDims = N
         # falls through to "not told"
         if type(layer) is cls:
             return dims
+    if is_frozen_batch_norm(layer):
+        return 2
     if isinstance(layer, (nn.LayerNorm, nn.RMSNorm)):
         first = channel_first_dims(layer)
         if first is not None:

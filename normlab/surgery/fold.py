@@ -39,6 +39,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.utils import parametrize
 
 from ..layers.base import NormLayer
+from .detect import is_frozen_batch_norm
 from .pairs import find_pairs
 from .records import note
 from .replace import norm_layers, working_copy
@@ -95,8 +96,16 @@ def eval_affine(layer: nn.Module) -> tuple[Tensor, Tensor] | str:
 
     torch's BatchNorm (and InstanceNorm with ``track_running_stats``):
     ``scale = gamma / sqrt(running_var + eps)``, ``shift = beta - running_mean * scale``.
-    A :class:`~normlab.layers.base.NormLayer` answers through its ``eval_affine()``.
+    FrozenBatchNorm2d the same from its buffers. A :class:`~normlab.layers.base.NormLayer`
+    answers through its ``eval_affine()``.
     """
+    if is_frozen_batch_norm(layer):
+        eps = getattr(layer, "eps", None)
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool):
+            return f"{type(layer).__name__} has no numeric eps attribute"
+        scale = torch.rsqrt(layer.running_var.to(torch.float64) + eps)
+        scale = scale * layer.weight.to(torch.float64)
+        return scale, layer.bias.to(torch.float64) - layer.running_mean.to(torch.float64) * scale
     if isinstance(layer, NormLayer):
         affine = layer.eval_affine()
         if affine is None:
@@ -213,13 +222,14 @@ def fold_batch_norm(model: nn.Module, inplace: bool = False, *,
     """Fold every eval-affine normalization into the weight layer that feeds it.
 
     Folded: torch's BatchNorm1d/2d/3d and SyncBatchNorm with running statistics (and
-    InstanceNorm with ``track_running_stats``), and every NormLayer whose ``eval_affine()``
-    returns ``(scale, shift)``, when the preceding Conv, ConvTranspose or Linear (or a subclass
-    that passes the probe of the module docstring) feeds only that norm (found by ``torch.fx``
-    tracing, or adjacency in ``nn.Sequential`` where tracing fails; see
-    :mod:`normlab.surgery.pairs`). The weight layer's ``weight`` is rewritten in place (on the
-    copy) and it gets a ``bias`` if it had none; the norm becomes ``nn.Identity``. The model
-    keeps its classes; its outputs equal the unfolded model's eval outputs up to rounding.
+    InstanceNorm with ``track_running_stats``), FrozenBatchNorm2d (torchvision, detectron2,
+    timm), and every NormLayer whose ``eval_affine()`` returns ``(scale, shift)``, when the
+    preceding Conv, ConvTranspose or Linear (or a subclass that passes the probe of the module
+    docstring) feeds only that norm (found by ``torch.fx`` tracing, or adjacency in
+    ``nn.Sequential`` where tracing fails; see :mod:`normlab.surgery.pairs`). The weight layer's
+    ``weight`` is rewritten in place (on the copy) and it gets a ``bias`` if it had none; the
+    norm becomes ``nn.Identity``. The model keeps its classes; its outputs equal the unfolded
+    model's eval outputs up to rounding.
 
     Other normalization layers (GroupNorm, LayerNorm, FRN, a norm after a weight layer whose
     output also goes elsewhere, ...) are left in place, each with a ``"skipped"`` record.
