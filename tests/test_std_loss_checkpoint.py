@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from normlab import StandardizationLoss
+from normlab.losses.targets import DecorrelationLoss, LaplaceLoss
 
 
 class Block(nn.Module):
@@ -45,9 +46,9 @@ class Net(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-def train(model, steps=3):
+def train(model, steps=3, loss_class=StandardizationLoss):
     """(loss values, per-layer values, gradients) of each step; plain SGD between steps."""
-    std = StandardizationLoss(model, weight=0.5)
+    std = loss_class(model, weight=0.5)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     gen = torch.Generator().manual_seed(1)
     history = []
@@ -65,12 +66,15 @@ def train(model, steps=3):
     return history
 
 
-def test_non_reentrant_checkpointing_gives_the_plain_models_losses_and_gradients():
+@pytest.mark.parametrize("loss_class", [StandardizationLoss, LaplaceLoss, DecorrelationLoss])
+def test_non_reentrant_checkpointing_gives_the_plain_models_losses_and_gradients(loss_class):
+    """The fused taps and a subclass's per-layer term (whose graph the rerun rebuilds)."""
     torch.manual_seed(0)
     plain = Net()
     ckpt = Net(checkpointed=(0, 2))
     ckpt.load_state_dict(plain.state_dict())
-    for (l0, v0, g0), (l1, v1, g1) in zip(train(plain), train(ckpt)):
+    for (l0, v0, g0), (l1, v1, g1) in zip(train(plain, loss_class=loss_class),
+                                          train(ckpt, loss_class=loss_class)):
         assert l1 == pytest.approx(l0, rel=1e-6)
         assert v1.keys() == v0.keys() and len(v0) == 7  # stem + 2 convs per block
         for name in v0:
@@ -104,4 +108,14 @@ def test_every_block_checkpointed_reentrantly_is_a_clear_error():
     with pytest.warns(UserWarning, match="never ran"), \
             pytest.raises(RuntimeError, match="use_reentrant=False"):
         model(x)
+    std.remove()
+
+
+def test_a_model_checkpointed_whole_reentrantly_warns_that_the_loss_sees_nothing():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    std = StandardizationLoss(model)
+    x = torch.randn(3, 4, requires_grad=True)
+    with pytest.warns(UserWarning, match="only inside backward.*use_reentrant=False"):
+        (checkpoint(model, x, use_reentrant=True).sum() + std()).backward()
+    assert std().item() == 0.0
     std.remove()

@@ -130,6 +130,7 @@ class StandardizationLoss:
         self._pending: list[tuple] = []
         self._order: list[int] = []
         self._final = False
+        self._warned_backward = False
         self._recording = False
         self._read: tuple = ()
         self._values: dict[str, float] | None = {}
@@ -156,10 +157,15 @@ class StandardizationLoss:
         if self._recording:
             self._order.append(index)
             return None
-        if not (module.training and torch.is_grad_enabled()) or not self._active[index] \
-                or in_backward():  # a checkpointed block recomputed in backward
+        if not (module.training and torch.is_grad_enabled()) or not self._active[index]:
             return None
-        if not self._final:
+        # A block checkpointed with use_reentrant=False reruns its forward in backward: that
+        # adds nothing to the loss, but a term's graph is rebuilt so the tensors it saves
+        # match the first forward's, which the checkpoint checks.
+        rerun = in_backward()
+        if rerun and not self._final:
+            self._warn_only_in_backward(index)
+        elif not self._final:
             self._order.append(index)
         if not isinstance(output, Tensor):
             raise TypeError(f"layer {self._candidates[index][0]!r} returned "
@@ -185,12 +191,24 @@ class StandardizationLoss:
             term = (global_standardization_loss(output, cd, self.eps, self.process_group)
                     if self.stats == "global" and is_distributed(self.process_group)
                     else self.layer_loss(output, cd))
-            self._pending.append((index, term, channels))
+            if not rerun:
+                self._pending.append((index, term, channels))
             return output.clone()  # the term's graph keeps `output`: in-place ops get a copy
+        if rerun:
+            return None  # the taps save nothing in the graph
         cd = cd % len(shape)
         out, mean, var = tap(output, cd)
         self._pending.append(Tapped(index, mean, var, per_channel, output, cd))
         return out
+
+    def _warn_only_in_backward(self, index: int) -> None:
+        if not self._warned_backward:
+            self._warned_backward = True
+            warnings.warn(f"StandardizationLoss: {self._candidates[index][0]!r} ran in training "
+                          f"mode only inside backward, never in a forward the loss could see "
+                          f"(a block checkpointed with use_reentrant=True runs its forward "
+                          f"without gradients), so the loss is 0 for it: checkpoint with "
+                          f"use_reentrant=False", UserWarning, stacklevel=4)
 
     def _on_root_forward(self, module: nn.Module) -> None:
         if not self._final and self._order and not self._recording:
