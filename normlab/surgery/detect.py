@@ -27,7 +27,8 @@ FrozenBatchNorm2d           its buffers' length           2
 ``freeze_batch_norm_2d``) is BatchNorm with its statistics and affine stored as buffers; it
 subclasses ``nn.Module``, not torch's BatchNorm, so it is recognised by its class name and its
 four equal-length buffers ``weight``, ``bias``, ``running_mean``, ``running_var``
-(:func:`is_frozen_batch_norm`).
+(:func:`is_frozen_batch_norm`). Norm layers that carry an activation submodule (timm's
+``BatchNormAct2d``) keep it through surgery (:mod:`normlab.surgery.norm_act`).
 
 A LayerNorm or RMSNorm with a 1-D ``normalized_shape`` (``LayerNorm(C)``) normalizes the
 *last* dim of whatever it is given: ``(N, C)`` features, ``(N, T, C)`` tokens, ``(N, H, W, C)``
@@ -90,10 +91,16 @@ _FROZEN_BUFFERS = ("weight", "bias", "running_mean", "running_var")
 
 
 def is_frozen_batch_norm(module: object) -> bool:
-    """Whether ``module`` is a FrozenBatchNorm2d (torchvision, detectron2, timm): a class whose
-    name contains ``FrozenBatchNorm`` with ``weight``, ``bias``, ``running_mean`` and
-    ``running_var`` buffers of one length ``C`` (and those as its only state)."""
-    if not isinstance(module, nn.Module) or "FrozenBatchNorm" not in type(module).__name__:
+    """Whether ``module`` is a FrozenBatchNorm2d (torchvision, detectron2, timm; also timm's
+    ``FrozenBatchNormAct2d``, whose activation submodules :mod:`.norm_act` keeps): a class
+    named ``*FrozenBatchNorm*2d`` without parameters of its own, whose ``weight``, ``bias``,
+    ``running_mean`` and ``running_var`` are buffers of one length ``C``."""
+    if not isinstance(module, nn.Module):
+        return False
+    name = type(module).__name__
+    if "FrozenBatchNorm" not in name or not name.endswith("2d"):
+        return False
+    if next(module.parameters(recurse=False), None) is not None:
         return False
     buffers = dict(module.named_buffers(recurse=False))
     if not all(isinstance(buffers.get(k), torch.Tensor) for k in _FROZEN_BUFFERS):

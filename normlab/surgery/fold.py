@@ -40,6 +40,7 @@ from torch.nn.utils import parametrize
 
 from ..layers.base import NormLayer
 from .detect import is_frozen_batch_norm
+from .norm_act import check_kept, kept_after_norm
 from .pairs import find_pairs
 from .records import note
 from .replace import norm_layers, working_copy
@@ -191,13 +192,13 @@ def _fold_into(module: nn.Module, scale: Tensor, shift: Tensor) -> str | None:
             f"forward of the folded layer is off by {err:.1e} relative)")
 
 
-def _set_identity(model: nn.Module, target: nn.Module) -> None:
-    """Replace every occurrence of submodule ``target`` by one ``nn.Identity``."""
-    identity = nn.Identity().train(target.training)
+def _set_kept(model: nn.Module, target: nn.Module, kept: nn.Module) -> None:
+    """Replace every occurrence of submodule ``target`` by ``kept`` (what stays of it once
+    folded: ``nn.Identity``, or the activation a timm ``BatchNormAct2d`` carries)."""
     for _, module in list(model.named_modules(remove_duplicate=False)):
         for child_name, child in list(module.named_children()):
             if child is target:
-                setattr(module, child_name, identity)
+                setattr(module, child_name, kept)
 
 
 def _check_eval(model: nn.Module) -> None:
@@ -228,8 +229,8 @@ def fold_batch_norm(model: nn.Module, inplace: bool = False, *,
     docstring) feeds only that norm (found by ``torch.fx`` tracing, or adjacency in
     ``nn.Sequential`` where tracing fails; see :mod:`normlab.surgery.pairs`). The weight layer's
     ``weight`` is rewritten in place (on the copy) and it gets a ``bias`` if it had none; the
-    norm becomes ``nn.Identity``. The model keeps its classes; its outputs equal the unfolded
-    model's eval outputs up to rounding.
+    norm becomes ``nn.Identity`` (or the activation it carries, :mod:`.norm_act`). The model
+    keeps its classes; its outputs equal the unfolded model's eval outputs up to rounding.
 
     Other normalization layers (GroupNorm, LayerNorm, FRN, a norm after a weight layer whose
     output also goes elsewhere, ...) are left in place, each with a ``"skipped"`` record.
@@ -255,6 +256,7 @@ def fold_batch_norm(model: nn.Module, inplace: bool = False, *,
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     _check_eval(model)
+    check_kept(norm_layers(model))
     pairs = find_pairs(model)
     for pair in pairs:  # refuse before anything is copied or changed
         affine = eval_affine(pair.norm)
@@ -267,7 +269,7 @@ def fold_batch_norm(model: nn.Module, inplace: bool = False, *,
     reasons = {i: "no preceding Conv/ConvTranspose/Linear whose output feeds only this layer"
                for i in norms}
     used: set[int] = set()
-    folded: dict[int, str] = {}
+    folded: dict[int, tuple[str, str]] = {}
     for pair in pairs:
         key = id(pair.norm)
         if key not in reasons or key in folded:
@@ -287,12 +289,13 @@ def fold_batch_norm(model: nn.Module, inplace: bool = False, *,
         if blocker is not None:
             reasons[key] = f"cannot fold into {pair.weight_name}: {blocker}"
             continue
-        _set_identity(model, pair.norm)
+        kept = kept_after_norm(pair.norm_name, pair.norm)
+        _set_kept(model, pair.norm, kept)
         used.add(id(pair.weight))
-        folded[key] = pair.weight_name
+        folded[key] = (pair.weight_name, type(kept).__name__)
     for key, (name, layer) in norms.items():
         if key in folded:
-            note(report, name, type(layer).__name__, "Identity", "folded", folded[key])
+            note(report, name, type(layer).__name__, folded[key][1], "folded", folded[key][0])
         else:
             affine_reason = eval_affine(layer)
             reason = affine_reason if isinstance(affine_reason, str) else reasons[key]

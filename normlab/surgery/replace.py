@@ -48,11 +48,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..layers.base import NormLayer
 from ..methods import Method, MethodSpec, create_method
 from .channels import ChannelsLast
 from .detect import SpatialDims, channels_last, is_norm_layer, norm_features, norm_spatial_dims
 from .follow import find_activations
+from .norm_act import check_kept, kept_after_norm
 from .records import note
 
 __all__ = ["replace_norm", "remove_norm", "convert_norm_layers", "working_copy",
@@ -140,11 +140,10 @@ def _like(old: nn.Module, new: nn.Module) -> nn.Module:
     return new.train(old.training)
 
 
-def _kept(layer: nn.Module) -> nn.Module:
-    """What stays of a norm layer without its normalization (``nn.Identity`` for torch's),
-    in the layer's train/eval mode."""
-    kept = layer.without_norm() if isinstance(layer, NormLayer) else nn.Identity()
-    return kept.train(layer.training)
+def _kept(layer: nn.Module, name: str = "") -> nn.Module:
+    """What stays of a norm layer without its normalization (:func:`.norm_act.kept_after_norm`:
+    ``nn.Identity`` for torch's, the activation a timm ``BatchNormAct2d`` carries)."""
+    return kept_after_norm(name, layer)
 
 
 def changes_block(method: Method) -> bool:
@@ -209,8 +208,8 @@ def _block_activations(model: nn.Module, built: Method) -> dict[str, tuple[str, 
     found = find_activations(model)
     name = built.name or type(built).__name__
     for norm_name, layer in norm_layers(model):
-        carried = not isinstance(_kept(layer), nn.Identity) or getattr(layer, "follows_norm",
-                                                                       False)
+        carried = not isinstance(_kept(layer, norm_name), nn.Identity) \
+            or getattr(layer, "follows_norm", False)
         if norm_name not in found and not carried:
             raise ValueError(
                 f"replace_norm(model, {name!r}) replaces each norm and the activation after "
@@ -268,13 +267,14 @@ def replace_norm(
     """
     _check_module(model)
     built = method_for_layers(method, "replace_norm", **method_options)
+    check_kept(norm_layers(model))  # refuse before anything is changed
     block = changes_block(built)
     activations = _block_activations(model, built) if block else {}
     root = working_copy(model, inplace)
     taken: list[str] = []
 
     def convert(name: str, layer: nn.Module) -> nn.Module:
-        kept = _kept(layer)
+        kept = _kept(layer, name)
         if getattr(layer, "follows_norm", False):
             note(report, name, type(layer).__name__, type(kept).__name__, "replaced", "")
             return kept
@@ -319,8 +319,10 @@ def remove_norm(model: nn.Module, inplace: bool = False, *,
         TypeError: ``model`` is not a module.
     """
     def convert(name: str, layer: nn.Module) -> nn.Module:
-        kept = _kept(layer)
+        kept = _kept(layer, name)
         note(report, name, type(layer).__name__, type(kept).__name__, "removed", "")
         return kept
 
+    _check_module(model)
+    check_kept(norm_layers(model))  # refuse before anything is changed
     return convert_norm_layers(working_copy(model, inplace), convert)

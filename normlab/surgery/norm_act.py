@@ -1,0 +1,94 @@
+"""What a normalization layer keeps of itself when surgery takes its normalization away.
+
+Used by :func:`~normlab.surgery.remove_norm`, :func:`~normlab.surgery.replace_norm` and
+:func:`~normlab.surgery.fold_batch_norm` (Ioffe & Szegedy 2015, arXiv:1502.03167, section 3.1:
+only the normalization is an affine map at inference; what comes after it is not).
+
+- A normlab :class:`~normlab.layers.base.NormLayer` says so itself (``without_norm()``:
+  FRN+TLU keeps a ReLU).
+- torch's own norm layers keep nothing (``nn.Identity``).
+- A foreign norm layer with submodules carries its activation: timm's ``BatchNormAct2d`` (a
+  ``BatchNorm2d`` whose forward is the batch norm, then ``self.drop``, then ``self.act``),
+  ``GroupNormAct``, ``LayerNormAct``, ``FrozenBatchNormAct2d``. It keeps those submodules, in
+  registration order, as one ``nn.Sequential`` (``nn.Identity`` ones left out). Its class
+  cannot tell that they simply follow the normalization, so one eval-mode forward of a copy
+  of the layer on a small random input decides: it must equal the submodules applied to the
+  layer's normalization alone (the nearest torch base class's ``forward``, or a
+  FrozenBatchNorm2d's buffers). A layer that fails the probe is refused with its name.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..layers.base import NormLayer
+from .detect import channels_last, is_frozen_batch_norm, norm_features, norm_spatial_dims
+
+__all__ = ["kept_after_norm", "check_kept"]
+
+
+def _normalization_only(layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """``layer``'s normalization without its submodules, or ``None`` when it cannot be told."""
+    if is_frozen_batch_norm(layer):
+        scale = layer.weight * torch.rsqrt(layer.running_var + layer.eps)
+        shift = layer.bias - layer.running_mean * scale
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        return x * scale.reshape(view) + shift.reshape(view)
+    for base in type(layer).__mro__[1:]:
+        if base.__module__.startswith("torch.nn.modules") and base is not nn.Module:
+            return base.forward(layer, x)
+    return None
+
+
+def kept_after_norm(name: str, layer: nn.Module) -> nn.Module:
+    """What stays in ``layer``'s place without its normalization, in its train/eval mode.
+
+    Raises:
+        ValueError: ``layer`` has submodules that do not simply follow its normalization
+            (module docstring).
+    """
+    if isinstance(layer, NormLayer) or hasattr(layer, "without_norm"):
+        return layer.without_norm().train(layer.training)
+    children = [c for c in layer.children() if not isinstance(c, nn.Identity)]
+    if not children:
+        return nn.Identity().train(layer.training)
+    kept = nn.Sequential(*children) if len(children) > 1 else children[0]
+    if not _follows(name, layer, kept):
+        raise ValueError(
+            f"{name or 'the root'} ({type(layer).__name__}) is a norm layer with submodules "
+            f"({', '.join(type(c).__name__ for c in children)}) whose forward is not its "
+            f"normalization followed by them, so surgery cannot tell what to keep of it")
+    return kept
+
+
+def check_kept(layers: list[tuple[str, nn.Module]]) -> None:
+    """Run :func:`kept_after_norm`'s check on every ``(name, layer)`` before anything changes."""
+    for name, layer in layers:
+        if list(layer.children()):
+            kept_after_norm(name, layer)
+
+
+def _follows(name: str, layer: nn.Module, kept: nn.Module) -> bool:
+    """One eval forward of copies: ``layer(x) == kept(normalization(x))``."""
+    probe = copy.deepcopy(layer).eval()
+    rest = copy.deepcopy(kept).eval()
+    c = norm_features(name, layer)
+    dims = 0 if channels_last(layer) else norm_spatial_dims(name, layer, 2)
+    shape = (2, 3, c) if channels_last(layer) else (2, c, *[5 + i for i in range(dims)])
+    ref = next(iter(list(probe.parameters()) + list(probe.buffers())), None)
+    like = {"dtype": ref.dtype, "device": ref.device} if ref is not None and \
+        ref.is_floating_point() else {}
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(**like)
+    with torch.no_grad():
+        try:
+            want = probe(x.clone())
+            normalized = _normalization_only(probe, x.clone())
+        except (RuntimeError, ValueError, TypeError):
+            return False
+        if normalized is None or not isinstance(want, torch.Tensor):
+            return False
+        got = rest(normalized)
+    return got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
