@@ -104,3 +104,28 @@ def test_a_norm_whose_submodules_do_not_follow_it_is_refused_before_any_change(s
     with pytest.raises(ValueError, match=r"1 \(ActFirst\).*cannot tell what to keep"):
         surgery(model)
     assert isinstance(model[1], ActFirst)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """timm's channel-first LayerNorm: permutes NCHW maps itself."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class LayerNormAct2d(LayerNorm2d):
+    def __init__(self, c: int) -> None:
+        super().__init__(c)
+        self.drop, self.act = nn.Identity(), nn.GELU()
+
+    def forward(self, x):
+        return self.act(self.drop(super().forward(x)))
+
+
+def test_a_channel_first_layer_norm_with_activation_keeps_it():
+    model = net(LayerNormAct2d)
+    x = torch.randn(2, 3, 6, 6)
+    replaced = replace_norm(model, "batch_norm")
+    assert isinstance(replaced[1], nn.Sequential) and isinstance(replaced[1][1], nn.GELU)
+    assert replaced(x).shape == (2, 2, 6, 6)
+    assert isinstance(remove_norm(model)[1], nn.GELU)

@@ -13,34 +13,48 @@ only the normalization is an affine map at inference; what comes after it is not
   registration order, as one ``nn.Sequential`` (``nn.Identity`` ones left out). Its class
   cannot tell that they simply follow the normalization, so one eval-mode forward of a copy
   of the layer on a small random input decides: it must equal the submodules applied to the
-  layer's normalization alone (the nearest torch base class's ``forward``, or a
-  FrozenBatchNorm2d's buffers). A layer that fails the probe is refused with its name.
+  layer's normalization alone (a norm base class's ``forward``, or a FrozenBatchNorm2d's
+  buffers). A layer that fails the probe is refused with its name.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from ..layers.base import NormLayer
-from .detect import channels_last, is_frozen_batch_norm, norm_features, norm_spatial_dims
+from .detect import (
+    NORM_TYPES, channels_last, is_frozen_batch_norm, norm_features, norm_spatial_dims,
+)
 
 __all__ = ["kept_after_norm", "check_kept"]
 
 
-def _normalization_only(layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """``layer``'s normalization without its submodules, or ``None`` when it cannot be told."""
+def _normalizations(layer: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
+    """``layer``'s normalization of ``x`` without its submodules: from a FrozenBatchNorm2d's
+    buffers, else the forward of each norm base class in method-resolution order (timm's
+    ``LayerNormAct2d`` -> ``LayerNorm2d``, which permutes, before ``nn.LayerNorm``), skipping
+    those that refuse ``x``."""
     if is_frozen_batch_norm(layer):
-        scale = layer.weight * torch.rsqrt(layer.running_var + layer.eps)
+        eps = getattr(layer, "eps", None)
+        if not isinstance(eps, (int, float)):
+            return
+        scale = layer.weight * torch.rsqrt(layer.running_var + eps)
         shift = layer.bias - layer.running_mean * scale
         view = (1, -1) + (1,) * (x.dim() - 2)
-        return x * scale.reshape(view) + shift.reshape(view)
+        yield x * scale.reshape(view) + shift.reshape(view)
+        return
+    own = type(layer).forward
     for base in type(layer).__mro__[1:]:
-        if base.__module__.startswith("torch.nn.modules") and base is not nn.Module:
-            return base.forward(layer, x)
-    return None
+        if not (isinstance(base, type) and issubclass(base, NORM_TYPES)) or base.forward is own:
+            continue
+        try:
+            yield base.forward(layer, x.clone())
+        except (RuntimeError, ValueError, TypeError):
+            continue
 
 
 def kept_after_norm(name: str, layer: nn.Module) -> nn.Module:
@@ -85,10 +99,12 @@ def _follows(name: str, layer: nn.Module, kept: nn.Module) -> bool:
     with torch.no_grad():
         try:
             want = probe(x.clone())
-            normalized = _normalization_only(probe, x.clone())
         except (RuntimeError, ValueError, TypeError):
             return False
-        if normalized is None or not isinstance(want, torch.Tensor):
+        if not isinstance(want, torch.Tensor):
             return False
-        got = rest(normalized)
-    return got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+        for normalized in _normalizations(probe, x):
+            got = rest(normalized)
+            if got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+                return True
+    return False
