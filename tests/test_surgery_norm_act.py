@@ -106,20 +106,17 @@ def test_a_norm_whose_submodules_do_not_follow_it_is_refused_before_any_change(s
     assert isinstance(model[1], ActFirst)
 
 
-class LayerNorm2d(nn.LayerNorm):
-    """timm's channel-first LayerNorm: permutes NCHW maps itself."""
+class LayerNormAct2d(nn.LayerNorm):
+    """As timm writes it: a LayerNorm subclass that permutes NCHW maps in its own forward."""
 
-    def forward(self, x):
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
-class LayerNormAct2d(LayerNorm2d):
     def __init__(self, c: int) -> None:
         super().__init__(c)
         self.drop, self.act = nn.Identity(), nn.GELU()
 
     def forward(self, x):
-        return self.act(self.drop(super().forward(x)))
+        x = nn.functional.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight,
+                                     self.bias, self.eps).permute(0, 3, 1, 2)
+        return self.act(self.drop(x))
 
 
 def test_a_channel_first_layer_norm_with_activation_keeps_it():
@@ -129,3 +126,51 @@ def test_a_channel_first_layer_norm_with_activation_keeps_it():
     assert isinstance(replaced[1], nn.Sequential) and isinstance(replaced[1][1], nn.GELU)
     assert replaced(x).shape == (2, 2, 6, 6)
     assert isinstance(remove_norm(model)[1], nn.GELU)
+
+
+def test_a_norm_registered_under_two_names_is_replaced_under_both():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+            self.norm = nn.BatchNorm2d(8)
+            self.again = self.norm
+
+        def forward(self, x):
+            return self.again(self.norm(self.conv(x)))
+
+    removed = remove_norm(Shared())
+    assert isinstance(removed.norm, nn.Identity) and removed.again is removed.norm
+    replaced = replace_norm(Shared(), "group_norm")
+    assert type(replaced.again).__name__ == "GroupNorm" and replaced.again is replaced.norm
+
+
+def test_fresh_layers_are_probed_with_random_statistics():
+    """A fresh BatchNorm in eval mode only divides by sqrt(1 + eps), which commutes with a
+    ReLU applied before it: the probe randomizes the copy's statistics and affine."""
+    fresh = nn.Sequential(nn.Conv2d(3, 8, 1), ActFirst(8), nn.Conv2d(8, 2, 1))
+    with pytest.raises(ValueError, match="cannot tell what to keep"):
+        remove_norm(fresh)
+
+
+def test_kept_submodules_take_the_layers_mode_so_folding_twice_works():
+    class BNDropAct(BatchNormAct2d):
+        def __init__(self, c):
+            super().__init__(c)
+            self.drop = nn.Dropout(0.1)
+
+    folded = fold_batch_norm(net(BNDropAct))
+    assert isinstance(folded[1], nn.Sequential) and not folded[1].training
+    assert fold_batch_norm(folded)[1] is not None
+
+
+def test_a_parametrized_norm_is_not_mistaken_for_a_norm_with_submodules():
+    from torch.nn.utils import parametrize
+
+    class Positive(nn.Module):
+        def forward(self, w):
+            return w.abs()
+
+    model = net(nn.BatchNorm2d)
+    parametrize.register_parametrization(model[1], "weight", Positive())
+    assert isinstance(remove_norm(model)[1], nn.Identity)

@@ -24,6 +24,7 @@ from typing import Iterator
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..layers.base import NormLayer
 from .detect import (
@@ -47,6 +48,14 @@ def _normalizations(layer: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]
         view = (1, -1) + (1,) * (x.dim() - 2)
         yield x * scale.reshape(view) + shift.reshape(view)
         return
+    if isinstance(layer, (nn.LayerNorm, nn.RMSNorm)) and x.dim() > 2 \
+            and not channels_last(layer):  # permutes channel-first maps in its own forward
+        rows = x.movedim(1, -1)
+        if isinstance(layer, nn.LayerNorm):
+            out = F.layer_norm(rows, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
+        else:
+            out = F.rms_norm(rows, layer.normalized_shape, layer.weight, layer.eps)
+        yield out.movedim(-1, 1)
     own = type(layer).forward
     for base in type(layer).__mro__[1:]:
         if not (isinstance(base, type) and issubclass(base, NORM_TYPES)) or base.forward is own:
@@ -66,10 +75,10 @@ def kept_after_norm(name: str, layer: nn.Module) -> nn.Module:
     """
     if isinstance(layer, NormLayer) or hasattr(layer, "without_norm"):
         return layer.without_norm().train(layer.training)
-    children = [c for c in layer.children() if not isinstance(c, nn.Identity)]
+    children = _submodules(layer)
     if not children:
         return nn.Identity().train(layer.training)
-    kept = nn.Sequential(*children) if len(children) > 1 else children[0]
+    kept = nn.Sequential(*children).train(layer.training) if len(children) > 1 else children[0]
     if not _follows(name, layer, kept):
         raise ValueError(
             f"{name or 'the root'} ({type(layer).__name__}) is a norm layer with submodules "
@@ -78,17 +87,39 @@ def kept_after_norm(name: str, layer: nn.Module) -> nn.Module:
     return kept
 
 
+def _submodules(layer: nn.Module) -> list[nn.Module]:
+    """The children that run after the normalization: not ``nn.Identity`` ones, and not the
+    ``parametrizations`` a ``torch.nn.utils.parametrize`` registration adds."""
+    return [c for n, c in layer.named_children()
+            if n != "parametrizations" and not isinstance(c, nn.Identity)]
+
+
 def check_kept(layers: list[tuple[str, nn.Module]]) -> None:
     """Run :func:`kept_after_norm`'s check on every ``(name, layer)`` before anything changes."""
     for name, layer in layers:
-        if list(layer.children()):
+        if _submodules(layer):
             kept_after_norm(name, layer)
+
+
+def _randomize(probe: nn.Module) -> None:
+    """Random statistics and affine on the probe copy: a fresh BatchNorm in eval mode is
+    ``x / sqrt(1 + eps)``, which an elementwise submodule applied *before* it would pass."""
+    gen = torch.Generator().manual_seed(1)
+    state = dict(probe.named_parameters(recurse=False)) | dict(probe.named_buffers(recurse=False))
+    for key, t in state.items():
+        if not t.is_floating_point() or key not in ("weight", "bias", "running_mean",
+                                                    "running_var"):
+            continue
+        low = 0.5 if key in ("weight", "running_var") else -1.0
+        values = torch.rand(t.shape, generator=gen, dtype=torch.float64) * 1.5 + low
+        t.data.copy_(values.to(t.dtype))
 
 
 def _follows(name: str, layer: nn.Module, kept: nn.Module) -> bool:
     """One eval forward of copies: ``layer(x) == kept(normalization(x))``."""
     probe = copy.deepcopy(layer).eval()
     rest = copy.deepcopy(kept).eval()
+    _randomize(probe)
     c = norm_features(name, layer)
     dims = 0 if channels_last(layer) else norm_spatial_dims(name, layer, 2)
     shape = (2, 3, c) if channels_last(layer) else (2, c, *[5 + i for i in range(dims)])
@@ -104,7 +135,10 @@ def _follows(name: str, layer: nn.Module, kept: nn.Module) -> bool:
         if not isinstance(want, torch.Tensor):
             return False
         for normalized in _normalizations(probe, x):
-            got = rest(normalized)
+            try:
+                got = rest(normalized)
+            except (RuntimeError, ValueError, TypeError):
+                continue
             if got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5):
                 return True
     return False

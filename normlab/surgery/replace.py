@@ -109,7 +109,11 @@ def convert_norm_layers(
             memo[id(module)] = convert(prefix, module)
             return memo[id(module)]
         memo[id(module)] = module
-        for name, child in list(module.named_children()):
+        # ``_modules``, not ``named_children()``: that lists a child registered under two
+        # names once, and the second name would keep the old layer.
+        for name, child in list(module._modules.items()):
+            if child is None:
+                continue
             new = walk(child, f"{prefix}.{name}" if prefix else name)
             if new is not child:
                 setattr(module, name, new)
