@@ -57,7 +57,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from ..layers.base import NormLayer
 from .channels import ChannelsLast
 
-__all__ = ["NORM_TYPES", "is_norm_layer", "is_frozen_batch_norm", "norm_features",
+__all__ = ["NORM_TYPES", "is_norm_layer", "is_frozen_batch_norm", "frozen_affine", "norm_features",
            "norm_spatial_dims", "channels_last", "channel_first_dims"]
 
 #: torch's normalization layers (the first entry covers BatchNorm1d/2d/3d, SyncBatchNorm and
@@ -107,6 +107,17 @@ def is_frozen_batch_norm(module: object) -> bool:
         return False
     shapes = {buffers[k].shape for k in _FROZEN_BUFFERS}
     return len(shapes) == 1 and len(next(iter(shapes))) == 1
+
+
+def frozen_affine(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | str:
+    """A FrozenBatchNorm2d's eval map in float64, ``scale = weight / sqrt(running_var + eps)``,
+    ``shift = bias - running_mean * scale``, or why it has none (no numeric ``eps``)."""
+    eps = getattr(layer, "eps", None)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool):
+        return f"{type(layer).__name__} has no numeric eps attribute"
+    scale = torch.rsqrt(layer.running_var.to(torch.float64) + eps)
+    scale = scale * layer.weight.to(torch.float64)
+    return scale, layer.bias.to(torch.float64) - layer.running_mean.to(torch.float64) * scale
 
 
 def _one_dim(layer: nn.Module) -> bool:

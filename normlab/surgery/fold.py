@@ -39,7 +39,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.utils import parametrize
 
 from ..layers.base import NormLayer
-from .detect import is_frozen_batch_norm
+from .detect import frozen_affine, is_frozen_batch_norm
 from .norm_act import check_kept, kept_after_norm
 from .pairs import find_pairs
 from .records import note
@@ -101,12 +101,7 @@ def eval_affine(layer: nn.Module) -> tuple[Tensor, Tensor] | str:
     answers through its ``eval_affine()``.
     """
     if is_frozen_batch_norm(layer):
-        eps = getattr(layer, "eps", None)
-        if not isinstance(eps, (int, float)) or isinstance(eps, bool):
-            return f"{type(layer).__name__} has no numeric eps attribute"
-        scale = torch.rsqrt(layer.running_var.to(torch.float64) + eps)
-        scale = scale * layer.weight.to(torch.float64)
-        return scale, layer.bias.to(torch.float64) - layer.running_mean.to(torch.float64) * scale
+        return frozen_affine(layer)
     if isinstance(layer, NormLayer):
         affine = layer.eval_affine()
         if affine is None:

@@ -28,7 +28,8 @@ from torch.nn import functional as F
 
 from ..layers.base import NormLayer
 from .detect import (
-    NORM_TYPES, channels_last, is_frozen_batch_norm, norm_features, norm_spatial_dims,
+    NORM_TYPES, channels_last, frozen_affine, is_frozen_batch_norm, norm_features,
+    norm_spatial_dims,
 )
 
 __all__ = ["kept_after_norm", "check_kept"]
@@ -40,13 +41,11 @@ def _normalizations(layer: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]
     ``LayerNormAct2d`` -> ``LayerNorm2d``, which permutes, before ``nn.LayerNorm``), skipping
     those that refuse ``x``."""
     if is_frozen_batch_norm(layer):
-        eps = getattr(layer, "eps", None)
-        if not isinstance(eps, (int, float)):
-            return
-        scale = layer.weight * torch.rsqrt(layer.running_var + eps)
-        shift = layer.bias - layer.running_mean * scale
-        view = (1, -1) + (1,) * (x.dim() - 2)
-        yield x * scale.reshape(view) + shift.reshape(view)
+        affine = frozen_affine(layer)
+        if not isinstance(affine, str):
+            view = (1, -1) + (1,) * (x.dim() - 2)
+            scale, shift = (t.to(x.dtype).reshape(view) for t in affine)
+            yield x * scale + shift
         return
     if isinstance(layer, (nn.LayerNorm, nn.RMSNorm)) and x.dim() > 2 \
             and not channels_last(layer):  # permutes channel-first maps in its own forward
